@@ -1,0 +1,1 @@
+"""Raw platform logs → one clean, fused, per-person timeline."""

@@ -1,0 +1,140 @@
+"""The per-platform source mapping file (TOML): which files hold what, under which column names."""
+
+from __future__ import annotations
+
+import glob
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Format = Literal["csv", "jsonl", "parquet"]
+_SUFFIX_FORMATS: dict[str, Format] = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+
+class SourceError(Exception):
+    """The mapping file or a file it names is unusable (not a bad row: those are `DataError`)."""
+
+
+def detect_format(path: Path, declared: Format | None = None) -> Format:
+    """The declared format, else the one the file name says (a trailing `.gz` is looked through)."""
+    if declared:
+        return declared
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    if suffixes and suffixes[-1] in _SUFFIX_FORMATS:
+        return _SUFFIX_FORMATS[suffixes[-1]]
+    raise SourceError(f"{path}: cannot tell the format from the name; set format = csv|jsonl|parquet")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CatalogSource(_Strict):
+    file: str
+    format: Format | None = None
+    id: str = Field(description="column holding the item id")
+    text: str = Field(description="column holding the item text (title)")
+
+
+class PlatformSource(_Strict):
+    events: list[str] = Field(description="event files, globs relative to the data root")
+    format: Format | None = None
+    account: str
+    item: str
+    timestamp: str
+    # "iso" (ISO-8601; naive times are UTC), "epoch_s", "epoch_ms", or a strptime pattern.
+    timestamp_format: str = "iso"
+    event: str | None = Field(default=None, description="column holding the event type, if any")
+    default_event: str = "interaction"
+    catalog: CatalogSource
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+
+class IdentitySource(_Strict):
+    file: str
+    format: Format | None = None
+    person: str = "person_id"
+    platform: str = "platform"
+    account: str = "account_id"
+
+
+class EvalSource(_Strict):
+    """Held-out next-item targets, one file per split (e.g. valid, test)."""
+
+    splits: dict[str, str]
+    format: Format | None = None
+    platform: str = "platform"
+    account: str = "account_id"
+    item: str = "item_id"
+    timestamp: str = "timestamp"
+    timestamp_format: str = "iso"
+
+
+class SourceConfig(_Strict):
+    name: str
+    data_root: str | None = Field(default=None, description="relative to this file; else the setting")
+    platforms: dict[str, PlatformSource]
+    identity: IdentitySource | None = None
+    eval: EvalSource | None = None
+
+    # Filled by load_sources(): where relative paths are resolved from.
+    root: Path = Path(".")
+
+    def resolve(self, pattern: str, what: str) -> list[Path]:
+        """Files matching a glob under the data root, sorted; an error naming the pattern if none do."""
+        full = self.root / pattern
+        matches = sorted(Path(p) for p in glob.glob(str(full)))
+        if not matches:
+            raise SourceError(f"{what}: no file matches {full}")
+        return matches
+
+
+def load_sources(path: Path, data_root: Path | None = None, default_root: Path | None = None) -> SourceConfig:
+    """Read and validate a mapping file.
+
+    The data root is, in order: `data_root` (a CLI flag), the file's own `data_root` key (relative to the
+    file), `default_root` (the XREC_DATA_ROOT setting).
+    """
+    if not path.is_file():
+        raise SourceError(f"mapping file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise SourceError(f"{path}: not valid TOML: {e}") from e
+    try:
+        cfg = SourceConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{path}: invalid mapping file:"]
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {loc}: {err['msg']}")
+        raise SourceError("\n".join(lines)) from e
+    if not cfg.platforms:
+        raise SourceError(f"{path}: no [platforms.*] section")
+    if data_root is not None:
+        root = data_root
+    elif cfg.data_root is not None:
+        root = path.parent / cfg.data_root
+    elif default_root is not None:
+        root = default_root
+    else:
+        root = path.parent
+    if not root.is_dir():
+        raise SourceError(f"data root not found: {root} (set --data-root or XREC_DATA_ROOT)")
+    cfg.root = root
+    return cfg
