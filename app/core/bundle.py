@@ -1,0 +1,123 @@
+"""The bundle: the one contract between training/export and the service.
+
+A bundle is a folder `bundles/<version>/`:
+
+  manifest.json          this module's `Manifest`
+  item_encoder.onnx      input_ids int64 [B,T], attention_mask int64 [B,T], platform int64 [B]
+                         → item_vec float32 [B,D] (unit norm; text only — a new item has no ID part)
+  user_encoder.onnx      hist_vecs float32 [B,L,D], hist_platform int64 [B,L], hist_bucket int64 [B,L],
+                         hist_mask bool [B,L], target_platform int64 [B] → user_vec float32 [B,D] (unit norm)
+  scorer.onnx            user_vec float32 [N,D], item_vec float32 [N,D], extras float32 [N,E] → score [N]
+  (variants, e.g. item_encoder.int8.onnx, listed in manifest.models[*].variants)
+  tokenizer/             tokenizer files for the item encoder (Hugging Face format)
+  items.parquet          item_id, platform, title, vector (list<float32>[D]), popularity (int64)
+  history.parquet        person, platform, item_id, ts — each person's recent fused history at the cut-off
+  accounts.parquet       platform, account (keyed hash), person
+  knn.npz                index int32 [n_items, K] (rows of items.parquet, -1 = none), weight float32 [n_items, K]
+
+Platform ids: index into `manifest.platforms`; in `hist_platform` they are shifted by one (0 = padding).
+`target_platform` is NOT shifted. Inputs are built by `app.core.features`, the same code offline and online.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ModelFile(BaseModel):
+    file: str
+    inputs: list[str]
+    outputs: list[str]
+    variants: dict[str, str] = Field(default_factory=dict, description="name → file, e.g. int8")
+    recommended: str = Field(default="fp32", description="the variant the service should load")
+    parity: dict[str, float] = Field(default_factory=dict, description="e.g. cosine, max_abs_diff")
+
+
+class FileEntry(BaseModel):
+    sha256: str
+    bytes: int
+
+
+class Manifest(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    model_version: str
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    dim: int
+    platforms: list[str]
+    max_history: int
+    n_time_buckets: int
+    tokenizer_dir: str = "tokenizer"
+    max_length: int = 32
+    scorer_extras: list[str]
+    retrieval_candidates: int = 100
+    knn_decay: float = Field(default=1.0, description="`decay` for features.knn_scores (recency weighting)")
+    models: dict[str, ModelFile]
+    files: dict[str, FileEntry] = Field(default_factory=dict)
+    salt_fingerprint: str = Field(default="", description="sha256 of the id salt: the service checks it")
+    cutoff_ts: int | None = None
+    evaluation: dict[str, object] = Field(default_factory=dict)
+
+    def platform_id(self, name: str) -> int:
+        return self.platforms.index(name)
+
+
+class BundleError(Exception):
+    pass
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def salt_fingerprint(salt: str) -> str:
+    return hashlib.sha256(("xrec-salt:" + salt).encode()).hexdigest()[:16]
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    path = bundle_dir / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{path}: no manifest (is this a bundle folder?)")
+    try:
+        manifest = Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: invalid manifest: {e}") from e
+    if manifest.schema_version != SCHEMA_VERSION:
+        raise BundleError(f"{path}: schema version {manifest.schema_version}, this xrec reads {SCHEMA_VERSION}")
+    return manifest
+
+
+def verify_files(bundle_dir: Path, manifest: Manifest) -> list[str]:
+    """Problems with the bundle's files (missing, wrong size, wrong hash); empty when all is well."""
+    problems = []
+    for name, entry in sorted(manifest.files.items()):
+        path = bundle_dir / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif path.stat().st_size != entry.bytes:
+            problems.append(f"{name}: size {path.stat().st_size} != manifest {entry.bytes}")
+        elif sha256_file(path) != entry.sha256:
+            problems.append(f"{name}: sha256 differs from the manifest (file changed or corrupt)")
+    return problems
+
+
+def write_manifest(bundle_dir: Path, manifest: Manifest) -> Manifest:
+    """Hash every file in the folder (except the manifest) into the manifest and write it."""
+    files = {}
+    for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file() and p.name != MANIFEST):
+        files[path.relative_to(bundle_dir).as_posix()] = FileEntry(sha256=sha256_file(path),
+                                                                   bytes=path.stat().st_size)
+    manifest = manifest.model_copy(update={"files": files})
+    (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return manifest

@@ -1,0 +1,100 @@
+"""Model inputs computed the SAME way offline (training, evaluation) and online (the service).
+
+numpy only: the service imports this, and it never imports torch.
+
+- `history_inputs()`: a person's fused history → the user encoder's arrays (last `max_len` events,
+  right-aligned so the newest event is always at the last position, time-gap buckets, mask).
+- `knn_scores()`: item-KNN co-occurrence score of candidates given a history (a scorer feature and a baseline).
+- `scorer_extras()`: the scalar features the re-ranking scorer sees beside the user and item vectors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+N_TIME_BUCKETS = 16  # 0 = padding, 1 = first event (no gap), 2.. = log2 of the gap in hours
+PAD = 0
+SCORER_EXTRAS = (
+    "dot",  # the retrieval score u·v
+    "log_popularity",  # log1p(events of the item) / log1p(events of the most popular item)
+    "log_history_target",  # log1p(the person's events on the target platform)
+    "log_history_all",  # log1p(the person's events on every platform)
+    "has_target_history",  # 1 if the person has been on the target platform
+    "log_days_since_target",  # log1p(days since their last event there) / 10, 0 when none
+    "last_on_target",  # 1 if their latest event was on the target platform
+    "log_knn",  # log1p(item-KNN co-occurrence score of the candidate given the history)
+)
+
+
+def time_buckets(ts: np.ndarray) -> np.ndarray:
+    """Bucket of the gap before each event (ts sorted ascending): 1 for the first, 2.. by log2 hours."""
+    ts = np.asarray(ts, dtype=np.int64)
+    out = np.ones(len(ts), dtype=np.int64)
+    if len(ts) > 1:
+        hours = np.maximum(np.diff(ts), 0) / 3600.0
+        out[1:] = 2 + np.minimum(np.floor(np.log2(1.0 + hours)), N_TIME_BUCKETS - 3).astype(np.int64)
+    return out
+
+
+def history_inputs(items: np.ndarray, platforms: np.ndarray, ts: np.ndarray, max_len: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(item rows, platform ids, time buckets, mask), each of length `max_len`, right-aligned.
+
+    `items`/`platforms`/`ts` are one person's events, oldest first. Buckets are computed on the whole
+    history before truncation, so the oldest kept event still knows its gap. Padding: item row -1,
+    platform 0, bucket 0, mask False. Platform ids in the arrays are shifted by one (0 is padding).
+    """
+    n = min(len(items), max_len)
+    out_items = np.full(max_len, -1, dtype=np.int64)
+    out_plat = np.zeros(max_len, dtype=np.int64)
+    out_bucket = np.zeros(max_len, dtype=np.int64)
+    mask = np.zeros(max_len, dtype=bool)
+    if n:
+        buckets = time_buckets(ts)
+        out_items[-n:] = np.asarray(items, dtype=np.int64)[-n:]
+        out_plat[-n:] = np.asarray(platforms, dtype=np.int64)[-n:] + 1
+        out_bucket[-n:] = buckets[-n:]
+        mask[-n:] = True
+    return out_items, out_plat, out_bucket, mask
+
+
+def knn_scores(history_items: np.ndarray, candidates: np.ndarray, nbr_index: np.ndarray,
+               nbr_weight: np.ndarray, max_history: int = 50, decay: float = 1.0) -> np.ndarray:
+    """Σ over the last `max_history` history items h of decay^age(h) · sim(h, c), per candidate row c.
+
+    `nbr_index`/`nbr_weight` [n_items, K]: each item's top-K co-occurring items (-1 = none). age is 0 for
+    the newest history item; decay < 1 favours what the person did last.
+    """
+    n_items = nbr_index.shape[0]
+    hist = np.asarray(history_items, dtype=np.int64)[-max_history:]
+    age = np.arange(len(hist) - 1, -1, -1)
+    valid = (hist >= 0) & (hist < n_items)
+    hist, age = hist[valid], age[valid]
+    if len(hist) == 0:
+        return np.zeros(len(candidates), dtype=np.float32)
+    idx = nbr_index[hist].ravel()
+    w = (nbr_weight[hist] * (decay ** age)[:, None]).ravel()
+    keep = idx >= 0
+    dense = np.bincount(idx[keep], weights=w[keep], minlength=n_items)
+    cand = np.asarray(candidates, dtype=np.int64)
+    out = np.zeros(len(cand), dtype=np.float32)
+    ok = (cand >= 0) & (cand < n_items)
+    out[ok] = dense[cand[ok]]
+    return out
+
+
+def scorer_extras(dot: np.ndarray, popularity: np.ndarray, max_popularity: float, n_target: int,
+                  n_all: int, days_since_target: float | None, last_on_target: bool, knn: np.ndarray
+                  ) -> np.ndarray:
+    """[n_candidates, len(SCORER_EXTRAS)] float32, in SCORER_EXTRAS order."""
+    c = len(dot)
+    out = np.empty((c, len(SCORER_EXTRAS)), dtype=np.float32)
+    out[:, 0] = dot
+    out[:, 1] = np.log1p(popularity) / np.log1p(max(max_popularity, 1.0))
+    out[:, 2] = np.log1p(n_target)
+    out[:, 3] = np.log1p(n_all)
+    out[:, 4] = float(n_target > 0)
+    out[:, 5] = 0.0 if days_since_target is None else np.log1p(max(days_since_target, 0.0)) / 10.0
+    out[:, 6] = float(last_on_target)
+    out[:, 7] = np.log1p(np.maximum(knn, 0.0))
+    return out

@@ -1,0 +1,8 @@
+"""Baselines, all with one interface: `fit(ds)` then `score(queries)` (a `training.evaluate.ScoreFn`)."""
+
+from training.baselines.als import ALS
+from training.baselines.itemknn import ItemKNN, build_neighbours
+from training.baselines.popularity import Popularity
+from training.baselines.text_zeroshot import TextZeroShot
+
+__all__ = ["ALS", "ItemKNN", "Popularity", "TextZeroShot", "build_neighbours"]

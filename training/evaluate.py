@@ -1,0 +1,222 @@
+"""Evaluation protocols and metrics. Models are compared on exactly the same queries and candidates.
+
+Protocols, for every target of a split (valid/test):
+- `full`: rank the target platform's whole catalog, excluding items the person already has there (the
+  target itself is never excluded). Recall@10/20/50, NDCG@10/20, MRR.
+- `sampled`: the target against 999 random items of its platform (one fixed draw per target, shared by all
+  models), HR@10 and NDCG@10 — the LLMCDSR paper's protocol.
+- `new_to_platform`: `full`, but the person's history on the target platform is hidden: only their other
+  platforms remain (a known customer arriving at a new shop).
+Breakdowns: per platform, and per bucket of the person's history length on the target platform.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.sequences import Dataset
+
+KS_RECALL = (10, 20, 50)
+KS_NDCG = (10, 20)
+BUCKETS = ((0, 0, "0"), (1, 2, "1-2"), (3, 9, "3-9"), (10, 10**9, "10+"))
+SAMPLED_NEGATIVES = 999
+
+
+@dataclass
+class Query:
+    """One prediction: a person's history (oldest first) and the platform to recommend on."""
+
+    person: int
+    platform: int
+    items: np.ndarray
+    platforms: np.ndarray
+    ts: np.ndarray
+    now: int
+    target: int
+
+
+# A model scores a batch of queries: one score array per query over `ds.platform_items(q.platform)`.
+ScoreFn = Callable[[Sequence[Query]], list[np.ndarray]]
+
+
+def bucket_of(n: int) -> str:
+    return next(name for lo, hi, name in BUCKETS if lo <= n <= hi)
+
+
+def make_queries(ds: Dataset, split: str, new_to_platform: bool = False) -> list[Query]:
+    t, tl = ds.targets[split], ds.timelines
+    out = []
+    for i in range(len(t)):
+        s = tl.span(int(t.person[i]))
+        items, plats, ts = tl.items[s], tl.platforms[s], tl.ts[s]
+        before = ts < t.ts[i]  # only the past, whatever the data holds
+        if new_to_platform:
+            before &= plats != t.platform[i]
+        out.append(Query(int(t.person[i]), int(t.platform[i]), items[before], plats[before], ts[before],
+                         int(t.ts[i]), int(t.item[i])))
+    return out
+
+
+def ranks(ds: Dataset, queries: Sequence[Query], score_fn: ScoreFn, batch: int = 256,
+          exclude_seen: bool = True) -> np.ndarray:
+    """0-based rank of each target among its platform's items (ties counted against the target)."""
+    cand = {p: ds.platform_items(p) for p in range(len(ds.platforms))}
+    pos = {p: {int(item): j for j, item in enumerate(c)} for p, c in cand.items()}
+    out = np.empty(len(queries), dtype=np.int64)
+    for b in range(0, len(queries), batch):
+        qs = queries[b:b + batch]
+        for k, (q, scores) in enumerate(zip(qs, score_fn(qs), strict=True)):
+            scores = np.asarray(scores, dtype=np.float64).copy()
+            j = pos[q.platform][q.target]
+            target_score = scores[j]
+            if exclude_seen:
+                seen = [pos[q.platform][int(i)] for i in q.items if int(i) in pos[q.platform]]
+                scores[seen] = -np.inf
+            scores[j] = -np.inf  # the target is never excluded, and does not outrank itself
+            out[b + k] = int(np.sum(scores >= target_score))
+    return out
+
+
+def sampled_ranks(ds: Dataset, queries: Sequence[Query], score_fn: ScoreFn, seed: int = 0,
+                  batch: int = 256) -> np.ndarray:
+    """Rank of the target among itself + 999 random items of its platform (fixed per target)."""
+    rng = np.random.default_rng(seed)
+    cand = {p: ds.platform_items(p) for p in range(len(ds.platforms))}
+    pos = {p: {int(item): j for j, item in enumerate(c)} for p, c in cand.items()}
+    negs = []
+    for q in queries:
+        pool = len(cand[q.platform])
+        draw = rng.choice(pool - 1, size=min(SAMPLED_NEGATIVES, pool - 1), replace=False)
+        j = pos[q.platform][q.target]
+        negs.append(np.where(draw >= j, draw + 1, draw))  # skip the target's own slot
+    out = np.empty(len(queries), dtype=np.int64)
+    for b in range(0, len(queries), batch):
+        qs = queries[b:b + batch]
+        for k, (q, scores) in enumerate(zip(qs, score_fn(qs), strict=True)):
+            scores = np.asarray(scores, dtype=np.float64)
+            t = scores[pos[q.platform][q.target]]
+            out[b + k] = int(np.sum(scores[negs[b + k]] >= t))
+    return out
+
+
+def metrics_from_ranks(r: np.ndarray) -> dict[str, float]:
+    r = np.asarray(r)
+    if len(r) == 0:
+        return {"n": 0}
+    m: dict[str, float] = {"n": int(len(r))}
+    for k in KS_RECALL:
+        m[f"recall@{k}"] = float(np.mean(r < k))
+    for k in KS_NDCG:
+        m[f"ndcg@{k}"] = float(np.mean(np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)))
+    m["mrr"] = float(np.mean(1.0 / (r + 1.0)))
+    return m
+
+
+def sampled_metrics(r: np.ndarray) -> dict[str, float]:
+    r = np.asarray(r)
+    return {"n": int(len(r)), "hr@10": float(np.mean(r < 10)),
+            "ndcg@10": float(np.mean(np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0)))}
+
+
+def breakdown(ds: Dataset, queries: Sequence[Query], r: np.ndarray) -> dict[str, dict[str, dict[str, float]]]:
+    """Metrics per platform and per bucket of history length on the target platform."""
+    by_platform = {}
+    for p, name in enumerate(ds.platforms):
+        sel = np.array([q.platform == p for q in queries], dtype=bool)
+        by_platform[name] = metrics_from_ranks(r[sel])
+    n_target = np.array([int(np.sum(q.platforms == q.platform)) for q in queries])
+    by_bucket = {}
+    for lo, hi, name in BUCKETS:
+        sel = (n_target >= lo) & (n_target <= hi)
+        by_bucket[name] = metrics_from_ranks(r[sel])
+    return {"platform": by_platform, "bucket": by_bucket}
+
+
+def evaluate_models(ds: Dataset, models: dict[str, ScoreFn], split: str,
+                    protocols: Sequence[str] = ("full", "new_to_platform", "sampled"),
+                    log: Callable[[str], None] = print) -> dict[str, dict]:
+    """{model: {protocol: {overall, platform, bucket}}} on one split."""
+    queries = {"full": make_queries(ds, split), "sampled": None,
+               "new_to_platform": make_queries(ds, split, new_to_platform=True)}
+    queries["sampled"] = queries["full"]
+    out: dict[str, dict] = {}
+    for name, fn in models.items():
+        res: dict[str, dict] = {}
+        for proto in protocols:
+            qs = queries[proto]
+            if proto == "sampled":
+                res[proto] = {"overall": sampled_metrics(sampled_ranks(ds, qs, fn))}
+            else:
+                r = ranks(ds, qs, fn)
+                res[proto] = {"overall": metrics_from_ranks(r), **breakdown(ds, qs, r)}
+        out[name] = res
+        f = res.get("full", {}).get("overall", {})
+        n = res.get("new_to_platform", {}).get("overall", {})
+        log(f"{split} {name:>22}: NDCG@10 {f.get('ndcg@10', float('nan')):.4f}  "
+            f"Recall@10 {f.get('recall@10', float('nan')):.4f}  new-to-platform NDCG@10 "
+            f"{n.get('ndcg@10', float('nan')):.4f}")
+    return out
+
+
+def markdown_table(results: dict[str, dict], split: str) -> str:
+    lines = [f"### {split}: full ranking, new-to-platform, sampled (1 + 999)", "",
+             "| model | NDCG@10 | NDCG@20 | Recall@10 | Recall@20 | Recall@50 | MRR | new-to-platform NDCG@10 "
+             "| new-to-platform Recall@10 | sampled HR@10 | sampled NDCG@10 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, res in results.items():
+        f = res.get("full", {}).get("overall", {})
+        n = res.get("new_to_platform", {}).get("overall", {})
+        s = res.get("sampled", {}).get("overall", {})
+
+        def g(d: dict, k: str) -> str:
+            return f"{d[k]:.4f}" if k in d else "–"
+
+        lines.append(f"| {name} | {g(f, 'ndcg@10')} | {g(f, 'ndcg@20')} | {g(f, 'recall@10')} | "
+                     f"{g(f, 'recall@20')} | {g(f, 'recall@50')} | {g(f, 'mrr')} | {g(n, 'ndcg@10')} | "
+                     f"{g(n, 'recall@10')} | {g(s, 'hr@10')} | {g(s, 'ndcg@10')} |")
+    lines += ["", f"#### {split}: NDCG@10 by history length on the target platform (full ranking)", ""]
+    names = [b[2] for b in BUCKETS]
+    lines.append("| model | " + " | ".join(f"{b} (n={next(iter(results.values()))['full']['bucket'][b]['n']})"
+                                              for b in names) + " |" if results else "")
+    lines.append("|---|" + "---:|" * len(names))
+    for name, res in results.items():
+        bk = res.get("full", {}).get("bucket", {})
+        lines.append(f"| {name} | " + " | ".join(f"{bk[b].get('ndcg@10', 0):.4f}" if bk.get(b, {}).get("n")
+                                                 else "–" for b in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bucket_chart(results: dict[str, dict], split: str, out: Path, protocol: str = "full") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [b[2] for b in BUCKETS]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(results), 1)
+    for k, (model, res) in enumerate(results.items()):
+        bk = res[protocol]["bucket"]
+        ax.bar(np.arange(len(names)) + k * width, [bk[b].get("ndcg@10", 0.0) for b in names], width, label=model)
+    ax.set_xticks(np.arange(len(names)) + width * (len(results) - 1) / 2)
+    ax.set_xticklabels([f"{b}\n(n={next(iter(results.values()))[protocol]['bucket'][b]['n']})" for b in names])
+    ax.set_xlabel("events on the target platform before the target")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title(f"{split}, {protocol}: NDCG@10 by history length on the target platform")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_results(results: dict[str, dict], split: str, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"metrics-{split}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out_dir / f"metrics-{split}.md").write_text(markdown_table(results, split))
+    bucket_chart(results, split, out_dir / f"buckets-{split}.png")
