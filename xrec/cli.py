@@ -14,6 +14,8 @@ app = typer.Typer(help="xrec: cross-platform recommendations.", no_args_is_help=
                   pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Ingest, clean and fuse raw platform logs.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+bundle_app = typer.Typer(help="Inspect and check model bundles.", no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
 
 # Wide enough for the summary tables when stderr is a log file rather than a terminal.
 err = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 140)
@@ -65,6 +67,148 @@ def data_demo(
 
     mapping = write_demo(out, people=people, items_per_platform=items, seed=seed)
     err.print(f"wrote demo data to {out}; build it with: xrec data build {mapping} --out <DIR>")
+
+
+@app.command("train")
+def train_cmd(
+    config: Annotated[Path, typer.Argument(help="training profile (TOML), e.g. configs/train-default.toml")],
+    dataset: Annotated[Path | None, typer.Option(help="built dataset folder (overrides the profile)")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (overrides the profile)")] = None,
+    mode: Annotated[str | None, typer.Option(help="frozen | top-k | lora")] = None,
+    history: Annotated[str | None, typer.Option(help="all | target-only (transfer ablation)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="two-tower epochs")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (smoke runs)")] = None,
+    evaluate: Annotated[bool, typer.Option(help="evaluate on test with baselines afterwards")] = True,
+) -> None:
+    """Fine-tune the two-tower model and the re-ranking scorer; early stopping on valid."""
+    from pydantic import ValidationError
+
+    from training.train import TrainConfig, train
+
+    if not config.is_file():
+        raise _fail(f"training profile not found: {config}")
+    try:
+        cfg = TrainConfig.from_toml(config, dataset=dataset, out=out, mode=mode, history=history, epochs=epochs,
+                                    max_steps=max_steps)
+    except (ValidationError, ValueError) as e:
+        raise _fail(f"{config}: {e}") from None
+    if not (cfg.dataset / "events.parquet").is_file():
+        raise _fail(f"{cfg.dataset}: not a built dataset (run `xrec data build` first)")
+    ckpt = train(cfg, console=err)
+    if evaluate:
+        from training.report import run_evaluation
+
+        run_evaluation(ckpt, "test", log=err.print)
+        err.print(f"metrics: {ckpt.parent / 'metrics-test.md'}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint.pt from `xrec train`")],
+    split: Annotated[str, typer.Option(help="valid | test")] = "test",
+    out: Annotated[Path | None, typer.Option(help="folder for metrics (default: beside the checkpoint)")] = None,
+    baselines: Annotated[bool, typer.Option(help="also run the baselines on the same queries")] = True,
+) -> None:
+    """Full ranking, new-to-platform and sampled protocols, per platform and history bucket."""
+    from training.report import run_evaluation
+
+    if not checkpoint.is_file():
+        raise _fail(f"checkpoint not found: {checkpoint}")
+    run_evaluation(checkpoint, split, out, baselines=baselines, log=err.print)
+    err.print(f"metrics: {(out or checkpoint.parent) / f'metrics-{split}.md'}")
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint.pt from `xrec train`")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="bundles folder; the bundle goes in OUT/VERSION")] = Path(
+        "bundles"),
+    version: Annotated[str | None, typer.Option(help="bundle version (default: a UTC timestamp)")] = None,
+    measure_variants: Annotated[bool, typer.Option(help="measure quantised variants on valid")] = True,
+) -> None:
+    """Export the encoders and the scorer to ONNX (with parity checks) and write a versioned bundle."""
+    from export.onnx_text import ParityError
+    from export.write_bundle import export_bundle
+
+    if not checkpoint.is_file():
+        raise _fail(f"checkpoint not found: {checkpoint}")
+    try:
+        path = export_bundle(checkpoint, out, version, salt=get_settings().id_salt.get_secret_value(),
+                             measure_variants=measure_variants, log=err.print)
+    except ParityError as e:
+        raise _fail(f"parity check failed, no bundle written: {e}") from None
+    typer.echo(str(path))
+
+
+@bundle_app.command("verify")
+def bundle_verify(bundle: Annotated[Path, typer.Argument(help="a bundle folder")]) -> None:
+    """Check every file's hash, load each model and run one inference."""
+    from export.verify import verify_bundle
+
+    problems = verify_bundle(bundle, log=err.print)
+    if problems:
+        for p in problems:
+            err.print(f"[red]✗[/] {p}", highlight=False)
+        raise _fail(f"{bundle}: {len(problems)} problem(s)", code=1)
+    err.print(f"[green]✓[/] {bundle} verified")
+
+
+@data_app.command("export-events")
+def data_export_events(
+    out: Annotated[Path, typer.Argument(help="folder for the per-platform event files and mapping snippet")],
+    events_dir: Annotated[Path | None, typer.Option(help="the service's event log [env: XREC_EVENTS_DIR]")] = None,
+    mapping: Annotated[Path | None, typer.Option(help="the mapping file of the next build: its column names, "
+                                                      "formats and own event files are used")] = None,
+    since: Annotated[int | None, typer.Option(help="only events at or after this time (epoch s)")] = None,
+    until: Annotated[int | None, typer.Option(help="only events before this time (epoch s)")] = None,
+) -> None:
+    """Events ingested by the service (POST /v1/events) → input for the next `xrec data build`."""
+    from app.services.event_log import PlatformColumns, export_events
+
+    settings = get_settings()
+    columns: dict[str, PlatformColumns] = {}
+    if mapping is not None:
+        from training.data.sources import SourceError, load_sources
+
+        try:
+            cfg = load_sources(mapping, default_root=settings.data_root)
+        except SourceError as e:
+            raise _fail(str(e)) from None
+        for name, src in cfg.platforms.items():
+            columns[name] = PlatformColumns(
+                account=src.account, item=src.item, event=src.event or "event", timestamp=src.timestamp,
+                timestamp_format=src.timestamp_format, format=src.format, events=tuple(src.events),
+                catalog=src.catalog.model_dump(exclude_none=True), default_event=src.default_event)
+    source = events_dir or settings.events_dir
+    if not source.is_dir():
+        raise _fail(f"no event log at {source} (set --events-dir or XREC_EVENTS_DIR)")
+    result = export_events(source, out, columns, since=since, until=until)
+    for platform, path in result.files.items():
+        err.print(f"{platform}: {result.counts[platform]:,} events → {path}")
+    err.print(f"{result.duplicates:,} duplicate deliveries dropped; mapping snippet: {result.snippet}")
+
+
+@app.command("serve")
+def serve(
+    bundle: Annotated[Path | None, typer.Option(help="bundle folder to serve [env: XREC_BUNDLE_DIR]")] = None,
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="processes (each loads the bundle and has its own "
+                                                     "caches)")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the HTTP service (uvicorn, app.main:app)."""
+    import os
+
+    import uvicorn
+
+    if bundle is not None:
+        if not (bundle / "manifest.json").is_file():
+            raise _fail(f"{bundle}: not a bundle folder (no manifest.json)")
+        # Through the environment, so every worker process reads the same setting.
+        os.environ["XREC_BUNDLE_DIR"] = str(bundle.resolve())
+    uvicorn.run("app.main:app", host=host, port=port, workers=workers, log_level=log_level,
+                access_log=False)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ class ALS:
 
     def __init__(self, factors: int = 64, regularization: float = 0.05, alpha: float = 10.0,
                  iterations: int = 15, seed: int = 0) -> None:
-        self.factors, self.reg, self.alpha, self.iterations, self.seed = factors, regularization, alpha, iterations, seed
+        self.factors, self.reg, self.alpha = factors, regularization, alpha
+        self.iterations, self.seed = iterations, seed
 
     def fit(self, ds: Dataset) -> ALS:
         from implicit.cpu.als import AlternatingLeastSquares

@@ -38,10 +38,7 @@ def parse_timestamp(value: str | None, fmt: str) -> int:
         return int(float(value))
     if fmt == "epoch_ms":
         return int(float(value)) // 1000
-    if fmt == "iso":
-        dt = datetime.fromisoformat(value)
-    else:
-        dt = datetime.strptime(value, fmt)
+    dt = datetime.fromisoformat(value) if fmt == "iso" else datetime.strptime(value, fmt)
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp())

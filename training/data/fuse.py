@@ -5,23 +5,13 @@ Raw account ids stop here: everything written downstream names accounts and pers
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-_HASH_CHARS = 20  # 80 bits: collisions are negligible at any realistic number of accounts
+# The hashing lives in app.core.ids: the service must compute the very same keys from raw request ids.
+from app.core.ids import account_key, pseudonymise
 
-
-def pseudonymise(salt: str, *parts: str) -> str:
-    """A stable keyed hash of the parts; without the salt it cannot be reversed by enumeration."""
-    msg = "\x1f".join(parts).encode("utf-8")
-    return hmac.new(salt.encode("utf-8"), msg, hashlib.sha256).hexdigest()[:_HASH_CHARS]
-
-
-def account_key(salt: str, platform: str, account: str) -> str:
-    """The pseudonymous id of one account on one platform (what the service computes from a request)."""
-    return "a_" + pseudonymise(salt, "account", platform, account)
+__all__ = ["IdentityMap", "LinkConflict", "account_key", "fuse_history", "pseudonymise"]
 
 
 class LinkConflict(ValueError):

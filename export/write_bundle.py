@@ -1,0 +1,230 @@
+"""`xrec export`: checkpoint + dataset → one versioned bundle (see `app.core.bundle` for the layout).
+
+Every model is exported to ONNX and checked against PyTorch on real inputs; a failed check fails the export.
+Quantised item-encoder variants are measured (cosine to fp32, valid NDCG@10 of text-only retrieval) and
+marked recommended only when NDCG@10 drops by less than 1% relative. The bundle is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from app.core.bundle import Manifest, ModelFile, salt_fingerprint, write_manifest
+from app.core.features import N_TIME_BUCKETS, SCORER_EXTRAS, history_inputs
+from export.onnx import SCORER_INPUTS, USER_INPUTS, export_scorer, export_user_encoder
+from export.onnx_text import PooledTextEncoder, compare_vectors, export_text_encoder, quantize_int8, to_fp16
+from training.data.build import atomic_dir
+from training.evaluate import make_queries, metrics_from_ranks, ranks
+from training.model import ModelConfig, Scorer, TwoTower
+from training.pipeline import Ranker, item_vectors, user_vectors
+from training.sequences import load_dataset
+from training.text_vectors import encode_texts, load_text_model, text_model_path
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+ITEM_INPUTS = ["input_ids", "attention_mask", "platform"]
+MAX_RELATIVE_NDCG_DROP = 0.01
+
+
+@dataclass
+class Loaded:
+    cfg: ModelConfig
+    model: TwoTower
+    scorer: Scorer | None
+    ckpt: dict
+
+
+def load_checkpoint(path: Path) -> Loaded:
+    """Rebuild the model from the checkpoint alone: its config travels with its weights."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = ModelConfig(**ckpt["model_args"])
+    model = TwoTower(cfg)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    scorer = None
+    if ckpt.get("scorer") is not None:
+        scorer = Scorer(cfg)
+        scorer.load_state_dict(ckpt["scorer"])
+        scorer.eval()
+    return Loaded(cfg, model, scorer, ckpt)
+
+
+def text_encoder_module(loaded: Loaded) -> PooledTextEncoder:
+    """MiniLM (with fine-tuned weights when the checkpoint has them) + the item tower's text path."""
+    backbone, _ = load_text_model(text_model_path(loaded.cfg.text_model))
+    if loaded.ckpt.get("text"):
+        backbone.load_state_dict(loaded.ckpt["text"])
+    return PooledTextEncoder(backbone, loaded.model.items.proj, loaded.model.items.platform).eval()
+
+
+def _text_only_ndcg(ranker: Ranker, text_vecs: np.ndarray, valid) -> float:
+    """Valid NDCG@10 when every item vector comes from text alone (how a brand-new item is served)."""
+    saved = ranker.item_vecs
+    ranker.item_vecs = text_vecs
+    try:
+        return metrics_from_ranks(ranks(ranker.ds, valid, ranker.retrieval))["ndcg@10"]
+    finally:
+        ranker.item_vecs = saved
+
+
+def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, dataset: Path | None = None,
+                  salt: str = "", measure_variants: bool = True, log=print) -> Path:
+    loaded = load_checkpoint(checkpoint)
+    ckpt, cfg, model = loaded.ckpt, loaded.cfg, loaded.model
+    ds = load_dataset(Path(dataset or ckpt["dataset"]))
+    if ds.item_ids != ckpt["item_ids"]:
+        raise ValueError(f"{dataset or ckpt['dataset']}: items differ from the checkpoint's; export with the "
+                         "dataset the model was trained on")
+    version = version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = out_root / version
+    module = text_encoder_module(loaded)
+    # A fine-tuned transformer encodes with its own weights; a frozen one reuses the disk cache.
+    text_vecs = encode_texts(ds.titles, cfg.text_max_length, progress=False, model_path=text_model_path(cfg.text_model),
+                             model=module.backbone if ckpt.get("text") else None)
+    vecs = item_vectors(model, text_vecs, ds.item_platform)
+    ranker = Ranker(model, ds, vecs, ckpt["popularity"], ckpt["knn_index"], ckpt["knn_weight"],
+                    ckpt.get("knn_decay", 1.0), loaded.scorer)
+    valid = make_queries(ds, "valid") if "valid" in ds.targets else []
+    rng = np.random.default_rng(0)
+    sample_titles = [ds.titles[i] for i in rng.choice(ds.n_items, size=min(64, ds.n_items), replace=False)]
+
+    with atomic_dir(out) as tmp:
+        # Item encoder: fp32, then variants.
+        tok_dir = tmp / "tokenizer"
+        tok_dir.mkdir()
+        for name in TOKENIZER_FILES:
+            if (text_model_path(cfg.text_model) / name).is_file():
+                shutil.copy2(text_model_path(cfg.text_model) / name, tok_dir / name)
+        item_info = export_text_encoder(module, tok_dir, tmp / "item_encoder.onnx", cfg.text_max_length,
+                                        sample_texts=sample_titles, name="item_encoder")
+        item_model = ModelFile(file="item_encoder.onnx", inputs=ITEM_INPUTS, outputs=["item_vec"],
+                               parity=_floats(item_info.get("parity", item_info)))
+        variants = {"int8": "item_encoder.int8.onnx", "fp16": "item_encoder.fp16.onnx"}
+        quantize_int8(tmp / "item_encoder.onnx", tmp / variants["int8"])
+        to_fp16(tmp / "item_encoder.onnx", tmp / variants["fp16"])
+        item_model.variants = variants
+        variant_report: dict[str, object] = {}
+        if measure_variants and valid:
+            variant_report = _measure_variants(tmp, tok_dir, cfg, ds, ranker, valid, log)
+            if variant_report.get("int8", {}).get("recommended"):
+                item_model.recommended = "int8"
+
+        # User encoder, on real histories.
+        qs = valid[:64] if valid else make_queries(ds, next(iter(ds.targets)))[:64]
+        arrays = [history_inputs(q.items, q.platforms, q.ts, cfg.max_history) for q in qs]
+        rows = np.stack([a[0] for a in arrays])
+        feeds = {
+            "hist_vecs": (vecs[np.maximum(rows, 0)] * (rows >= 0)[..., None]).astype(np.float32),
+            "hist_platform": np.stack([a[1] for a in arrays]),
+            "hist_bucket": np.stack([a[2] for a in arrays]),
+            "hist_mask": np.stack([a[3] for a in arrays]),
+            "target_platform": np.array([q.platform for q in qs], dtype=np.int64),
+        }
+        feeds["hist_mask"][0] = False  # an empty history must work too
+        user_parity = export_user_encoder(model.users, tmp / "user_encoder.onnx", feeds)
+        models = {"item_encoder": item_model,
+                  "user_encoder": ModelFile(file="user_encoder.onnx", inputs=list(USER_INPUTS),
+                                            outputs=["user_vec"], parity=user_parity)}
+        if loaded.scorer is not None:
+            u = user_vectors(model, vecs, qs)
+            sf = {"user_vec": [], "item_vec": [], "extras": []}
+            for i, q in enumerate(qs[:16]):
+                cand = ranker.platform_items[q.platform]
+                rows_c = cand[ranker.candidates_for(q, vecs[cand] @ u[i])]
+                sf["user_vec"].append(np.repeat(u[i][None], len(rows_c), 0))
+                sf["item_vec"].append(vecs[rows_c])
+                sf["extras"].append(ranker.extras(q, u[i], rows_c))
+            scorer_feeds = {k: np.concatenate(v).astype(np.float32) for k, v in sf.items()}
+            models["scorer"] = ModelFile(file="scorer.onnx", inputs=list(SCORER_INPUTS), outputs=["score"],
+                                         parity=export_scorer(loaded.scorer, tmp / "scorer.onnx", scorer_feeds))
+
+        # Tables.
+        _write_items(tmp / "items.parquet", ds, vecs, ckpt["popularity"])
+        _write_history(tmp / "history.parquet", ds, cfg.max_history)
+        src_accounts = Path(dataset or ckpt["dataset"]) / "accounts.parquet"
+        if src_accounts.is_file():
+            shutil.copy2(src_accounts, tmp / "accounts.parquet")
+        np.savez(tmp / "knn.npz", index=ckpt["knn_index"].astype(np.int32),
+                 weight=ckpt["knn_weight"].astype(np.float32))
+
+        evaluation = {"train": ckpt.get("log", {}).get("two_tower", {}).get("best_valid_ndcg@10"),
+                      "scorer": ckpt.get("log", {}).get("scorer", {}).get("best_valid_ndcg@10"),
+                      "variants": variant_report}
+        metrics_file = checkpoint.parent / "metrics-test.json"
+        if metrics_file.is_file():
+            evaluation["test"] = _summary(json.loads(metrics_file.read_text()))
+        manifest = Manifest(model_version=version, dim=cfg.dim, platforms=ds.platforms,
+                            max_history=cfg.max_history, n_time_buckets=N_TIME_BUCKETS,
+                            max_length=cfg.text_max_length, scorer_extras=list(SCORER_EXTRAS),
+                            retrieval_candidates=ranker.candidates, knn_decay=float(ckpt.get("knn_decay", 1.0)),
+                            models=models, salt_fingerprint=salt_fingerprint(salt) if salt else "",
+                            cutoff_ts=int(ds.timelines.ts.max()) if len(ds.timelines.ts) else None,
+                            evaluation=evaluation)
+        write_manifest(tmp, manifest)
+    log(f"bundle written: {out}")
+    return out
+
+
+def _floats(d: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in d.items() if isinstance(v, int | float)}
+
+
+def _summary(metrics: dict) -> dict[str, object]:
+    return {m: {p: r[p]["overall"] for p in r if "overall" in r[p]} for m, r in metrics.items()}
+
+
+def _measure_variants(tmp: Path, tok_dir: Path, cfg: ModelConfig, ds, ranker: Ranker, valid, log) -> dict:
+    from app.services.text_embedder import TextEmbedder
+
+    out: dict[str, dict] = {}
+    fp32 = TextEmbedder(tmp / "item_encoder.onnx", tok_dir, cfg.text_max_length).embed(ds.titles,
+                                                                                       ds.item_platform.tolist())
+    base = _text_only_ndcg(ranker, fp32, valid)
+    out["fp32"] = {"valid_text_only_ndcg@10": base}
+    q8 = TextEmbedder(tmp / "item_encoder.int8.onnx", tok_dir, cfg.text_max_length).embed(
+        ds.titles, ds.item_platform.tolist())
+    nd = _text_only_ndcg(ranker, q8, valid)
+    cmp = compare_vectors(fp32, q8)
+    drop = (base - nd) / base if base > 0 else 0.0
+    out["int8"] = {"valid_text_only_ndcg@10": nd, "relative_drop": drop, **_floats(cmp),
+                   "recommended": bool(drop < MAX_RELATIVE_NDCG_DROP)}
+    log(f"item encoder int8: cosine to fp32 {cmp.get('cosine_min', float('nan')):.4f} (min), "
+        f"text-only valid NDCG@10 {nd:.4f} vs fp32 {base:.4f} ({drop:+.1%} drop) → "
+        f"{'recommended' if out['int8']['recommended'] else 'not recommended'}")
+    return out
+
+
+def _write_items(path: Path, ds, vecs: np.ndarray, popularity: np.ndarray) -> None:
+    dim = vecs.shape[1]
+    table = pa.table({
+        "item_id": ds.item_ids,
+        "platform": [ds.platforms[p] for p in ds.item_platform],
+        "title": ds.titles,
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.astype(np.float32).ravel()), dim),
+        "popularity": pa.array(np.asarray(popularity).astype(np.int64)),
+    })
+    pq.write_table(table, path)
+
+
+def _write_history(path: Path, ds, max_history: int) -> None:
+    """Each person's last `max_history` events at the training cut-off: the service's cold cache."""
+    tl = ds.timelines
+    persons, platforms, items, ts = [], [], [], []
+    for p in range(len(tl)):
+        lo, hi = int(tl.offsets[p]), int(tl.offsets[p + 1])
+        lo = max(lo, hi - max_history)
+        n = hi - lo
+        persons.extend([tl.persons[p]] * n)
+        platforms.extend(ds.platforms[x] for x in tl.platforms[lo:hi])
+        items.extend(ds.item_ids[x] for x in tl.items[lo:hi])
+        ts.extend(tl.ts[lo:hi].tolist())
+    pq.write_table(pa.table({"person": persons, "platform": platforms, "item_id": items,
+                             "ts": pa.array(ts, type=pa.int64())}), path)

@@ -1,0 +1,169 @@
+"""The two towers and the re-ranking scorer. Short on purpose: export rebuilds these from `ModelConfig`.
+
+item tower   text vector (MiniLM, mean-pooled) → linear → + platform embedding (+ learned ID part, with
+             dropout, for items with history) → unit vector
+user tower   fused cross-platform history (item vectors + platform + time-gap bucket + position) → causal
+             transformer → per-target-platform projection → unit vector; one person, one vector per platform
+scorer       MLP over [user, item, user ⊙ item, scalar features] → relevance score
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    n_items: int
+    n_platforms: int
+    text_dim: int = 384
+    dim: int = 64
+    max_history: int = 50
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+    use_id: bool = True  # hybrid item vectors: text + learned ID part
+    id_dropout: float = 0.25  # chance an item's ID part is dropped in a training step
+    n_time_buckets: int = 16
+    mode: str = "frozen"  # frozen | top-k | lora: how the text transformer is fine-tuned
+    unfreeze_layers: int = 2  # top-k mode
+    lora_r: int = 8  # lora mode
+    text_max_length: int = 32
+    text_model: str | None = None  # a local transformer folder; None = MiniLM from its package
+    scorer_extras: int = 8
+    scorer_hidden: int = 64
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ItemTower(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.proj = nn.Linear(cfg.text_dim, cfg.dim)
+        self.platform = nn.Embedding(cfg.n_platforms, cfg.dim)
+        self.ids = nn.Embedding(cfg.n_items, cfg.dim) if cfg.use_id else None
+        nn.init.normal_(self.platform.weight, std=0.02)
+        if self.ids is not None:
+            nn.init.normal_(self.ids.weight, std=0.02)
+
+    def text_part(self, text_vec: torch.Tensor, platform: torch.Tensor) -> torch.Tensor:
+        return self.proj(text_vec) + self.platform(platform)
+
+    def forward(self, text_vec: torch.Tensor, platform: torch.Tensor, rows: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Unit item vectors. Without `rows` (a new item) there is no ID part."""
+        x = self.text_part(text_vec, platform)
+        if self.ids is not None and rows is not None:
+            idv = self.ids(rows)
+            if self.training and self.cfg.id_dropout > 0:
+                keep = torch.rand(idv.shape[0], 1, device=idv.device) >= self.cfg.id_dropout
+                idv = idv * keep
+            x = x + idv
+        return F.normalize(x, dim=-1)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block; attention written out so ONNX export stays plain."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-1, -2)) / (d // self.heads) ** 0.5
+        att = att.masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
+        y = (self.drop(att) @ v).transpose(1, 2).reshape(b, n, d)
+        x = x + self.drop(self.out(y))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class UserTower(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.inp = nn.Linear(d, d)
+        self.platform = nn.Embedding(cfg.n_platforms + 1, d)  # 0 = padding
+        self.bucket = nn.Embedding(cfg.n_time_buckets, d)
+        self.position = nn.Embedding(cfg.max_history, d)  # distance from the newest slot
+        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
+        self.ln = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        # One output projection and bias per target platform: the same history, a vector per platform.
+        self.target_w = nn.Parameter(torch.eye(d).repeat(cfg.n_platforms, 1, 1))
+        self.target_b = nn.Embedding(cfg.n_platforms, d)
+        self.empty = nn.Embedding(cfg.n_platforms, d)  # the query of a person with no history
+        for e in (self.platform, self.bucket, self.position, self.target_b, self.empty):
+            nn.init.normal_(e.weight, std=0.02)
+
+    def encode(self, hist_vecs: torch.Tensor, hist_platform: torch.Tensor, hist_bucket: torch.Tensor,
+               hist_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden state after each history slot [B, L, D]; slot t sees slots ≤ t (right-aligned input)."""
+        b, n, _ = hist_vecs.shape
+        dist = torch.arange(n - 1, -1, -1, device=hist_vecs.device)
+        x = self.inp(hist_vecs) + self.platform(hist_platform) + self.bucket(hist_bucket) + self.position(dist)
+        x = self.drop(x)
+        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+        eye = torch.eye(n, dtype=torch.bool, device=x.device)
+        # Each slot may see earlier real slots, and always itself (so padded slots never see nothing).
+        allowed = (causal[None] & hist_mask[:, None, :]) | eye[None]
+        for blk in self.blocks:
+            x = blk(x, allowed)
+        return self.ln(x)
+
+    def query(self, h: torch.Tensor, target_platform: torch.Tensor) -> torch.Tensor:
+        w = self.target_w[target_platform]  # [N, D, D]
+        return F.normalize(torch.einsum("nd,nde->ne", h, w) + self.target_b(target_platform), dim=-1)
+
+    def empty_query(self, target_platform: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.empty(target_platform), dim=-1)
+
+    def forward(self, hist_vecs: torch.Tensor, hist_platform: torch.Tensor, hist_bucket: torch.Tensor,
+                hist_mask: torch.Tensor, target_platform: torch.Tensor) -> torch.Tensor:
+        """The serving path: one unit vector per person from the newest slot (or the empty query)."""
+        h = self.encode(hist_vecs, hist_platform, hist_bucket, hist_mask)[:, -1]
+        u = self.query(h, target_platform)
+        has = hist_mask.any(dim=-1, keepdim=True)
+        return torch.where(has, u, self.empty_query(target_platform))
+
+
+class Scorer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.net = nn.Sequential(
+            nn.Linear(3 * d + cfg.scorer_extras, cfg.scorer_hidden), nn.GELU(),
+            nn.Linear(cfg.scorer_hidden, cfg.scorer_hidden), nn.GELU(),
+            nn.Linear(cfg.scorer_hidden, 1),
+        )
+        self.norm = nn.LayerNorm(cfg.scorer_extras)
+
+    def forward(self, user_vec: torch.Tensor, item_vec: torch.Tensor, extras: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([user_vec, item_vec, user_vec * item_vec, self.norm(extras)], dim=-1)
+        # The retrieval score passes straight through: the MLP learns a correction to it.
+        return self.net(x).squeeze(-1) + extras[:, 0] * 10.0
+
+
+class TwoTower(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.items = ItemTower(cfg)
+        self.users = UserTower(cfg)
+        self.log_temp = nn.Parameter(torch.tensor(-2.7))  # learnable temperature, starts at ~0.067
+
+    def temperature(self) -> torch.Tensor:
+        return self.log_temp.exp().clamp(min=0.01, max=1.0)

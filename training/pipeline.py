@@ -1,0 +1,107 @@
+"""Retrieval + re-ranking for evaluation queries, with the trained torch model.
+
+Inputs are built by `app.core.features` exactly as the service builds them, so offline figures describe
+what the service does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from app.core.features import history_inputs, knn_scores, scorer_extras
+from training.evaluate import Query
+from training.model import Scorer, TwoTower
+from training.sequences import Dataset
+
+OUTSIDE_CANDIDATES = -1e3  # items retrieval did not fetch rank below every re-ranked candidate
+
+
+@torch.no_grad()
+def item_vectors(model: TwoTower, text_vecs: np.ndarray, item_platform: np.ndarray) -> np.ndarray:
+    model.eval()
+    rows = torch.arange(len(text_vecs))
+    v = model.items(torch.from_numpy(text_vecs), torch.from_numpy(item_platform), rows)
+    return v.numpy()
+
+
+@torch.no_grad()
+def user_vectors(model: TwoTower, item_vecs: np.ndarray, queries: Sequence[Query]) -> np.ndarray:
+    """The serving path of the user tower, one vector per query."""
+    model.eval()
+    n = model.cfg.max_history
+    arrays = [history_inputs(q.items, q.platforms, q.ts, n) for q in queries]
+    rows = np.stack([a[0] for a in arrays])
+    vecs = item_vecs[np.maximum(rows, 0)] * (rows >= 0)[..., None]
+    u = model.users(torch.from_numpy(vecs.astype(np.float32)),
+                    torch.from_numpy(np.stack([a[1] for a in arrays])),
+                    torch.from_numpy(np.stack([a[2] for a in arrays])),
+                    torch.from_numpy(np.stack([a[3] for a in arrays])),
+                    torch.tensor([q.platform for q in queries]))
+    return u.numpy()
+
+
+@dataclass
+class Ranker:
+    """Two-tower retrieval, optionally re-ranked by the scorer over the top `candidates`."""
+
+    model: TwoTower
+    ds: Dataset
+    item_vecs: np.ndarray
+    popularity: np.ndarray
+    knn_index: np.ndarray
+    knn_weight: np.ndarray
+    knn_decay: float = 0.5
+    scorer: Scorer | None = None
+    candidates: int = 100
+
+    def __post_init__(self) -> None:
+        self.platform_items = {p: self.ds.platform_items(p) for p in range(len(self.ds.platforms))}
+        self.max_pop = {p: float(self.popularity[c].max(initial=1)) for p, c in self.platform_items.items()}
+
+    def retrieval(self, queries: Sequence[Query]) -> list[np.ndarray]:
+        u = user_vectors(self.model, self.item_vecs, queries)
+        return [self.item_vecs[self.platform_items[q.platform]] @ u[i] for i, q in enumerate(queries)]
+
+    def candidates_for(self, q: Query, scores: np.ndarray) -> np.ndarray:
+        """Positions (within the platform's items) of the top candidates, seen items excluded."""
+        s = scores.copy()
+        cand = self.platform_items[q.platform]
+        seen = np.isin(cand, q.items)
+        s[seen] = -np.inf
+        k = min(self.candidates, len(s) - 1)
+        top = np.argpartition(-s, k)[:k]
+        return top[np.argsort(-s[top])]
+
+    def extras(self, q: Query, u: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        on_target = q.platforms == q.platform
+        last_ts = q.ts[on_target].max() if on_target.any() else None
+        knn = knn_scores(q.items, rows, self.knn_index, self.knn_weight, self.model.cfg.max_history,
+                         self.knn_decay)
+        return scorer_extras(self.item_vecs[rows] @ u, self.popularity[rows], self.max_pop[q.platform],
+                             int(on_target.sum()), len(q.items),
+                             None if last_ts is None else (q.now - last_ts) / 86400.0,
+                             bool(len(q.platforms) and q.platforms[-1] == q.platform), knn)
+
+    @torch.no_grad()
+    def final(self, queries: Sequence[Query]) -> list[np.ndarray]:
+        """Scores over each platform's items: re-ranked candidates first, the rest by retrieval."""
+        assert self.scorer is not None
+        self.scorer.eval()
+        u = user_vectors(self.model, self.item_vecs, queries)
+        out = []
+        for i, q in enumerate(queries):
+            cand = self.platform_items[q.platform]
+            scores = self.item_vecs[cand] @ u[i]
+            top = self.candidates_for(q, scores)
+            rows = cand[top]
+            ex = self.extras(q, u[i], rows)
+            s = self.scorer(torch.from_numpy(np.repeat(u[i][None], len(rows), 0)),
+                            torch.from_numpy(self.item_vecs[rows]), torch.from_numpy(ex)).numpy()
+            final = scores + OUTSIDE_CANDIDATES
+            final[top] = s
+            out.append(final)
+        return out

@@ -1,0 +1,44 @@
+"""`xrec evaluate`: a trained checkpoint and every baseline on the same queries, written as metrics.json,
+a markdown table and a PNG chart per history-length bucket."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from export.write_bundle import load_checkpoint
+from training.baselines import ALS, ItemKNN, Popularity, TextZeroShot
+from training.evaluate import ScoreFn, evaluate_models, write_results
+from training.pipeline import Ranker, item_vectors
+from training.sequences import load_dataset
+from training.text_vectors import encode_texts, text_model_path
+
+
+def model_rankers(checkpoint: Path, dataset: Path | None = None) -> tuple[object, Ranker]:
+    loaded = load_checkpoint(checkpoint)
+    ckpt = loaded.ckpt
+    ds = load_dataset(Path(dataset or ckpt["dataset"]))
+    text = encode_texts(ds.titles, loaded.cfg.text_max_length, progress=False,
+                        model_path=text_model_path(loaded.cfg.text_model))
+    vecs = item_vectors(loaded.model, text, ds.item_platform)
+    ranker = Ranker(loaded.model, ds, vecs, ckpt["popularity"], ckpt["knn_index"], ckpt["knn_weight"],
+                    ckpt.get("knn_decay", 1.0), loaded.scorer)
+    return ds, ranker
+
+
+def run_evaluation(checkpoint: Path, split: str, out: Path | None = None, baselines: bool = True,
+                   dataset: Path | None = None, log: Callable[[str], None] = print) -> dict[str, dict]:
+    ds, ranker = model_rankers(checkpoint, dataset)
+    models: dict[str, ScoreFn] = {}
+    if baselines:
+        text = encode_texts(ds.titles, 32, progress=False)  # zero-shot: the pretrained MiniLM as shipped
+        knn = ItemKNN(decay=ranker.knn_decay).fit(ds)
+        models |= {"popularity": Popularity().fit(ds).score, "item-knn (no recency)": ItemKNN(decay=1.0).fit(ds).score,
+                   f"item-knn (recency {ranker.knn_decay})": knn.score, "als": ALS().fit(ds).score,
+                   "text zero-shot": TextZeroShot(text).fit(ds).score}
+    models["two-tower (retrieval)"] = ranker.retrieval
+    if ranker.scorer is not None:
+        models["two-tower + scorer (final)"] = ranker.final
+    results = evaluate_models(ds, models, split, log=log)
+    write_results(results, split, out or checkpoint.parent)
+    return results

@@ -1,0 +1,393 @@
+"""`xrec train`: fit the two-tower on every event, then the re-ranking scorer; early stopping on valid.
+
+The loop:
+  1. item texts → frozen MiniLM vectors (disk-cached) — or, in `top-k`/`lora` mode, MiniLM in the loop;
+  2. each person's last event is held out when they use several platforms: those become the scorer's
+     training queries, so the scorer learns on candidates the two-tower never trained on;
+  3. two-tower epochs: softmax over the target platform's whole catalog (or sampled negatives with a logQ
+     correction), learnable temperature, AdamW; valid NDCG@10 after each epoch, best state kept;
+  4. scorer epochs over the two-tower's top-100 for the held-out queries, listwise softmax, valid NDCG@10;
+  5. checkpoint: model config + weights + scorer + item-KNN table + metrics; export needs only model.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from training.baselines.itemknn import build_neighbours
+from training.evaluate import Query, make_queries, metrics_from_ranks, ranks
+from training.finetune import TextTower
+from training.model import ModelConfig, Scorer, TwoTower
+from training.pipeline import Ranker, item_vectors, user_vectors
+from training.sequences import Dataset, Timelines, load_dataset
+from training.text_vectors import text_dim
+from training.windows import Windows, batches, make_windows
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Path
+    out: Path = Path("runs/train")
+    seed: int = 0
+    # model
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    max_history: int = 50
+    dropout: float = 0.2
+    use_id: bool = True
+    id_dropout: float = 0.25
+    mode: Literal["frozen", "top-k", "lora"] = "frozen"
+    unfreeze_layers: int = 2
+    lora_r: int = 8
+    text_max_length: int = 32
+    text_model: Path | None = None  # a local transformer folder; default: MiniLM from its package
+    # two-tower training
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    negatives: int = 0  # 0: softmax over the platform's whole catalog; N: N sampled negatives + logQ
+    aux_text_weight: float = 0.0  # joint loss: also match the target's text-only vector
+    patience: int = 3
+    max_minutes: float = 22.0  # stop two-tower epochs when this much time has gone
+    history: Literal["all", "target-only"] = "all"  # transfer ablation: drop other platforms' history
+    holdout_for_scorer: bool = True
+    max_steps: int = 0  # >0: stop after this many steps (tests, smoke runs)
+    # scorer
+    scorer: bool = True
+    scorer_epochs: int = 15
+    scorer_lr: float = 1e-3
+    candidates: int = 100
+    knn_decay: float = 0.5
+    text_cache: Path | None = Path(".cache/text-vectors")
+
+    @classmethod
+    def from_toml(cls, path: Path, **overrides: object) -> TrainConfig:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(raw)
+
+
+def target_only(tl: Timelines) -> Timelines:
+    """The same events with each (person, platform) as its own timeline: no cross-platform history."""
+    person = np.repeat(np.arange(len(tl)), np.diff(tl.offsets))
+    order = np.lexsort((np.arange(len(person)), tl.platforms, person))
+    key = person[order] * 1000 + tl.platforms[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    return Timelines([f"{tl.persons[person[order][s]]}@{tl.platforms[order][s]}" for s in starts],
+                     np.r_[starts, len(order)].astype(np.int64), tl.items[order], tl.platforms[order],
+                     tl.ts[order])
+
+
+def restrict_to_target(queries: list[Query]) -> list[Query]:
+    keep = [q.platforms == q.platform for q in queries]
+    return [Query(q.person, q.platform, q.items[k], q.platforms[k], q.ts[k], q.now, q.target)
+            for q, k in zip(queries, keep, strict=True)]
+
+
+def holdout_last_events(tl: Timelines) -> np.ndarray:
+    """Index of the last event of every person active on several platforms with ≥ 2 events."""
+    out = []
+    for p in range(len(tl)):
+        lo, hi = int(tl.offsets[p]), int(tl.offsets[p + 1])
+        if hi - lo >= 2 and len(np.unique(tl.platforms[lo:hi])) > 1:
+            out.append(hi - 1)
+    return np.array(out, dtype=np.int64)
+
+
+def _queries_for(tl: Timelines, events: np.ndarray) -> list[Query]:
+    qs = []
+    for e in events:
+        p = int(np.searchsorted(tl.offsets, e, side="right") - 1)
+        lo = int(tl.offsets[p])
+        qs.append(Query(p, int(tl.platforms[e]), tl.items[lo:e], tl.platforms[lo:e], tl.ts[lo:e],
+                        int(tl.ts[e]), int(tl.items[e])))
+    return qs
+
+
+@dataclass
+class TrainState:
+    model: TwoTower
+    text: TextTower
+    ds: Dataset
+    cfg: TrainConfig
+    log_q: torch.Tensor  # log of each item's expected count in a sampled-softmax step
+
+
+def sampling_log_q(ds: Dataset, negatives: int, batch_items: int) -> torch.Tensor:
+    """Expected appearances of each item among a step's candidates: uniform negatives of its platform plus
+    the batch's own items, which arrive in proportion to popularity (the logQ correction of Yi et al.)."""
+    pop = ds.popularity().astype(np.float64) + 1.0
+    q = np.zeros(ds.n_items)
+    for p in range(len(ds.platforms)):
+        rows = ds.platform_items(p)
+        q[rows] = negatives / len(rows) + batch_items * pop[rows] / pop.sum()
+    return torch.from_numpy(np.log(q).astype(np.float32))
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console)
+
+
+def _loss(state: TrainState, batch, rng: np.random.Generator, first_events: np.ndarray) -> torch.Tensor:
+    """Next-item softmax on the target platform for every target slot, plus empty-history queries."""
+    model, ds, cfg = state.model, state.ds, state.cfg
+    tl = ds.timelines
+    item_platform = torch.from_numpy(ds.item_platform)
+    # The empty-history query learns what a person with nothing on record is likely to pick first.
+    n_targets = int(batch.target_mask.sum())
+    take = rng.choice(len(first_events), size=min(len(first_events), max(1, n_targets // 8)), replace=False)
+    e_rows = torch.from_numpy(tl.items[first_events[take]])
+    e_plat = torch.from_numpy(tl.platforms[first_events[take]])
+    needed = _sampled_items(ds, batch, e_rows, cfg.negatives, rng) if cfg.negatives > 0 else None
+    text_vecs, rows = state.text.vectors(needed)
+    vecs = model.items(text_vecs, item_platform[rows], rows)  # [n_rows, D] (all items, or the needed ones)
+    lookup = torch.full((ds.n_items,), -1, dtype=torch.long)
+    lookup[rows] = torch.arange(len(rows))
+
+    hist = vecs[lookup[batch.hist_rows].clamp(min=0)] * batch.hist_mask[..., None]
+    h = model.users.encode(hist, batch.hist_platform, batch.hist_bucket, batch.hist_mask)
+    sel = batch.target_mask
+    u = torch.cat([model.users.query(h[sel], batch.target_platform[sel]), model.users.empty_query(e_plat)])
+    t_rows = torch.cat([batch.target_rows[sel], e_rows])
+    t_plat = torch.cat([batch.target_platform[sel], e_plat])
+
+    temp = model.temperature()
+    losses = []
+    text_only = None
+    if cfg.aux_text_weight > 0:
+        text_only = F.normalize(model.items.text_part(text_vecs, item_platform[rows]), dim=-1)
+    for p in range(len(ds.platforms)):
+        m = t_plat == p
+        if not m.any():
+            continue
+        cand = torch.nonzero(item_platform[rows] == p).squeeze(1)  # positions in `vecs`
+        pos_in_cand = torch.searchsorted(rows[cand], t_rows[m])
+        logits = u[m] @ vecs[cand].T / temp
+        if cfg.negatives > 0:  # sampled softmax: remove the sampling bias (logQ)
+            logits = logits - state.log_q[rows[cand]]
+        losses.append(F.cross_entropy(logits, pos_in_cand, reduction="sum"))
+        if text_only is not None:
+            aux = u[m] @ text_only[cand].T / temp
+            losses.append(cfg.aux_text_weight * F.cross_entropy(aux, pos_in_cand, reduction="sum"))
+    return torch.stack(losses).sum() / len(t_rows)
+
+
+def _sampled_items(ds: Dataset, batch, extra_rows: torch.Tensor, negatives: int, rng: np.random.Generator
+                  ) -> torch.Tensor:
+    """Rows a sampled-softmax step needs: the batch's items plus uniform negatives per platform (sorted)."""
+    parts = [batch.hist_rows[batch.hist_mask].numpy(), batch.target_rows[batch.target_mask].numpy(),
+             extra_rows.numpy()]
+    for p in range(len(ds.platforms)):
+        parts.append(rng.choice(ds.platform_items(p), size=negatives))
+    return torch.from_numpy(np.unique(np.concatenate(parts)))
+
+
+def evaluate_two_tower(state: TrainState, queries: list[Query]) -> dict[str, float]:
+    vecs = item_vectors(state.model, state.text.all_vectors(), state.ds.item_platform)
+    ranker = Ranker(state.model, state.ds, vecs, np.zeros(state.ds.n_items), np.zeros((state.ds.n_items, 1),
+                    dtype=np.int32), np.zeros((state.ds.n_items, 1), dtype=np.float32))
+    return metrics_from_ranks(ranks(state.ds, queries, ranker.retrieval))
+
+
+def train_two_tower(state: TrainState, windows: Windows, valid: list[Query], console: Console
+                    ) -> dict[str, object]:
+    cfg, model = state.cfg, state.model
+    params = [p for p in model.parameters() if p.requires_grad] + state.text.trainable()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    steps_per_epoch = math.ceil(len(windows.start) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.05)
+    best, best_state, bad, history, step = -1.0, None, 0, [], 0
+    started = time.perf_counter()
+    with _progress(console) as bar:
+        task = bar.add_task("two-tower", total=total, info="")
+        for epoch in range(cfg.epochs):
+            model.train()
+            state.text.train()
+            run_loss, n = 0.0, 0
+            for batch in batches(state.ds.timelines, windows, cfg.batch_size, rng):
+                loss = _loss(state, batch, rng, windows.first_events)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                run_loss, n, step = run_loss + loss.item(), n + 1, step + 1
+                bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {run_loss / n:.3f}")
+                if cfg.max_steps and step >= cfg.max_steps:
+                    break
+            m = evaluate_two_tower(state, valid)
+            minutes = (time.perf_counter() - started) / 60
+            history.append({"epoch": epoch + 1, "loss": run_loss / max(n, 1), "valid_ndcg@10": m["ndcg@10"],
+                            "valid_recall@10": m["recall@10"], "minutes": round(minutes, 2),
+                            "temperature": model.temperature().item()})
+            console.print(f"epoch {epoch + 1}: loss {run_loss / max(n, 1):.4f}  valid NDCG@10 {m['ndcg@10']:.4f}"
+                          f"  Recall@10 {m['recall@10']:.4f}  ({minutes:.1f} min)")
+            if m["ndcg@10"] > best:
+                best, bad = m["ndcg@10"], 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                text_state = state.text.state()
+            else:
+                bad += 1
+            if bad >= cfg.patience or minutes >= cfg.max_minutes or (cfg.max_steps and step >= cfg.max_steps):
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        state.text.load_state(text_state)
+    return {"best_valid_ndcg@10": best, "epochs": history}
+
+
+def scorer_examples(ranker: Ranker, queries: list[Query]) -> tuple[torch.Tensor, ...]:
+    """(user, item, extras, label) for queries whose target the retrieval fetched."""
+    u = user_vectors(ranker.model, ranker.item_vecs, queries)
+    users, items, extras, labels = [], [], [], []
+    for i, q in enumerate(queries):
+        cand = ranker.platform_items[q.platform]
+        top = ranker.candidates_for(q, ranker.item_vecs[cand] @ u[i])
+        rows = cand[top]
+        hit = np.flatnonzero(rows == q.target)
+        if len(hit) == 0:
+            continue
+        users.append(u[i])
+        items.append(ranker.item_vecs[rows])
+        extras.append(ranker.extras(q, u[i], rows))
+        labels.append(int(hit[0]))
+    return (torch.from_numpy(np.stack(users)), torch.from_numpy(np.stack(items)),
+            torch.from_numpy(np.stack(extras)), torch.tensor(labels))
+
+
+def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: TrainConfig,
+                 console: Console) -> dict[str, object]:
+    torch.manual_seed(cfg.seed)
+    scorer = Scorer(ranker.model.cfg)
+    ranker.scorer = scorer
+    u, v, x, y = scorer_examples(ranker, train_q)
+    console.print(f"scorer: {len(y):,} of {len(train_q):,} held-out targets are in the top {cfg.candidates}")
+    base = metrics_from_ranks(ranks(ranker.ds, valid, ranker.retrieval))
+    opt = torch.optim.AdamW(scorer.parameters(), lr=cfg.scorer_lr, weight_decay=1e-4)
+    rng = np.random.default_rng(cfg.seed)
+    best, best_state, bad, history = base["ndcg@10"], None, 0, []
+    q, c = v.shape[:2]
+    for epoch in range(cfg.scorer_epochs):
+        scorer.train()
+        order = rng.permutation(q)
+        total = 0.0
+        for s in range(0, q, 128):
+            idx = torch.from_numpy(order[s:s + 128])
+            b = len(idx)
+            logits = scorer(u[idx].repeat_interleave(c, 0), v[idx].reshape(b * c, -1),
+                            x[idx].reshape(b * c, -1)).view(b, c)
+            loss = F.cross_entropy(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * b
+        m = metrics_from_ranks(ranks(ranker.ds, valid, ranker.final))
+        history.append({"epoch": epoch + 1, "loss": total / q, "valid_ndcg@10": m["ndcg@10"]})
+        console.print(f"scorer epoch {epoch + 1}: loss {total / q:.4f}  valid NDCG@10 {m['ndcg@10']:.4f} "
+                      f"(retrieval alone {base['ndcg@10']:.4f})")
+        if m["ndcg@10"] > best:
+            best, bad = m["ndcg@10"], 0
+            best_state = {k: t.detach().clone() for k, t in scorer.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= 3:
+                break
+    if best_state is None:  # never beat retrieval alone on valid: say so, keep the last one
+        console.print("[yellow]scorer did not beat retrieval alone on valid[/]")
+    else:
+        scorer.load_state_dict(best_state)
+    return {"valid_retrieval_ndcg@10": base["ndcg@10"], "best_valid_ndcg@10": best, "epochs": history,
+            "train_queries": len(train_q), "train_examples": int(len(y)), "improved": best_state is not None}
+
+
+def train(cfg: TrainConfig, console: Console | None = None) -> Path:
+    """Train and write `cfg.out/checkpoint.pt` + `cfg.out/train.json`; returns the checkpoint path."""
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    ds = load_dataset(cfg.dataset)
+    if "valid" not in ds.targets:
+        raise ValueError(f"{cfg.dataset}: no valid targets: early stopping needs an [eval] valid split")
+    tl = ds.timelines
+    is_target = np.ones(len(tl.items), dtype=bool)
+    held = holdout_last_events(tl) if (cfg.scorer and cfg.holdout_for_scorer) else np.array([], dtype=np.int64)
+    is_target[held] = False
+
+    model_cfg = ModelConfig(n_items=ds.n_items, n_platforms=len(ds.platforms), dim=cfg.dim, n_layers=cfg.n_layers,
+                            n_heads=cfg.n_heads, max_history=cfg.max_history, dropout=cfg.dropout,
+                            use_id=cfg.use_id, id_dropout=cfg.id_dropout, mode=cfg.mode,
+                            unfreeze_layers=cfg.unfreeze_layers, lora_r=cfg.lora_r,
+                            text_max_length=cfg.text_max_length,
+                            text_model=str(cfg.text_model) if cfg.text_model else None,
+                            text_dim=text_dim(cfg.text_model))
+    text = TextTower(ds, model_cfg, cfg.text_cache, console)
+    model = TwoTower(model_cfg)
+    # A batch brings about (targets + history) ≈ 2 × 8 items per window.
+    state = TrainState(model, text, ds, cfg, sampling_log_q(ds, max(cfg.negatives, 1), 16 * cfg.batch_size))
+
+    valid = make_queries(ds, "valid")
+    train_tl = tl
+    if cfg.history == "target-only":
+        train_tl = target_only(tl)
+        is_target = is_target[np.lexsort((np.arange(len(tl.items)),
+                                          tl.platforms, np.repeat(np.arange(len(tl)), np.diff(tl.offsets))))]
+        valid = restrict_to_target(valid)
+        ds = Dataset(ds.platforms, ds.item_ids, ds.item_platform, ds.titles, train_tl, ds.targets)
+        state.ds = ds
+    windows = make_windows(train_tl, cfg.max_history, is_target)
+    console.print(f"{len(windows.start):,} windows, {int(is_target.sum()) - len(train_tl):,} targets, "
+                  f"{len(held):,} held out for the scorer; mode {cfg.mode}, history {cfg.history}")
+    log = {"config": json.loads(cfg.model_dump_json()), "two_tower": train_two_tower(state, windows, valid, console)}
+
+    vecs = item_vectors(model, text.all_vectors(), ds.item_platform)
+    keep = np.ones(len(tl.items), dtype=bool)
+    keep[held] = False  # the scorer's targets must not be in the co-occurrence it reads
+    knn_index, knn_weight = build_neighbours(tl, ds.n_items, keep=keep)
+    popularity = np.bincount(tl.items[keep], minlength=ds.n_items).astype(np.float64)
+    ranker = Ranker(model, ds, vecs, popularity, knn_index, knn_weight, cfg.knn_decay, candidates=cfg.candidates)
+    if cfg.scorer and len(held):
+        train_q = _queries_for(tl, held)
+        if cfg.history == "target-only":
+            train_q = restrict_to_target(train_q)
+        log["scorer"] = train_scorer(ranker, train_q, valid, cfg, console)
+    log["minutes"] = round((time.perf_counter() - started) / 60, 2)
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    ckpt = cfg.out / "checkpoint.pt"
+    torch.save({
+        "model_args": model_cfg.to_dict(),
+        "model": model.state_dict(),
+        "text": text.export_state(),
+        "scorer": ranker.scorer.state_dict() if ranker.scorer is not None else None,
+        "train_config": json.loads(cfg.model_dump_json()),
+        "dataset": str(cfg.dataset),
+        "platforms": ds.platforms,
+        "item_ids": ds.item_ids,
+        "knn_index": knn_index,
+        "knn_weight": knn_weight,
+        "knn_decay": cfg.knn_decay,
+        "popularity": popularity,
+        "log": log,
+    }, ckpt)
+    (cfg.out / "train.json").write_text(json.dumps(log, indent=1) + "\n")
+    console.print(f"checkpoint: {ckpt}  ({log['minutes']} min)")
+    return ckpt
