@@ -207,8 +207,9 @@ def serve(
             raise _fail(f"{bundle}: not a bundle folder (no manifest.json)")
         # Through the environment, so every worker process reads the same setting.
         os.environ["XREC_BUNDLE_DIR"] = str(bundle.resolve())
+    # No access log: it costs throughput, and the request details it would add are in /metrics.
     uvicorn.run("app.main:app", host=host, port=port, workers=workers, log_level=log_level,
-                access_log=False)
+                access_log=False, http="xrec.http_protocol:NoDelayHTTPProtocol")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_ID_SALT = "xrec-dev-salt-change-me"
 
@@ -18,6 +19,71 @@ class Settings(BaseSettings):
     data_root: Path = Path("../shared/data/food-kitchen")
     # Key for pseudonymising account ids; training and serving must share it.
     id_salt: SecretStr = SecretStr(DEV_ID_SALT)
+
+    # ---- service: the bundle -------------------------------------------------------------------------
+    # The bundle folder to serve; none means /readyz answers 503 until POST /v1/admin/reload names one.
+    bundle_dir: Path | None = None
+    # Hash every bundle file against its manifest before serving it (seconds for a large bundle).
+    verify_bundle: bool = True
+
+    # ---- service: ONNX Runtime and FAISS ---------------------------------------------------------------
+    # Execution providers in order of preference; empty = CUDA when onnxruntime-gpu sees a GPU, else CPU.
+    ort_providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Threads per ONNX call. 1 suits a server: concurrency comes from requests, not from one matmul.
+    ort_intra_op_threads: int | None = 1
+    faiss_threads: int = 1
+    # Platforms with more items than this get an HNSW index; smaller ones an exact flat index.
+    hnsw_threshold: int = 50_000
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 256
+
+    # ---- service: Redis -----------------------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every key starts with this; tests use a per-test prefix. Profiles: {prefix}:{model_version}:profile:{p}.
+    redis_prefix: str = "xrec"
+    # Short timeouts: a dead Redis must cost a request milliseconds, not seconds (we fall back to memory).
+    redis_socket_timeout_s: float = 0.25
+    redis_connect_timeout_s: float = 0.25
+    # After a Redis error, skip Redis for this long, doubling up to the max until a call succeeds.
+    redis_backoff_min_s: float = 0.5
+    redis_backoff_max_s: float = 10.0
+    profile_ttl_s: int = 24 * 3600
+    # How long an event id is remembered for idempotency, and a person's recent events are kept.
+    event_ttl_s: int = 30 * 24 * 3600
+    # Events kept per person (the fused history the models see is the newest `max_history` of these).
+    profile_max_events: int = 256
+    stream_maxlen: int = 1_000_000
+
+    # ---- service: in-process caches --------------------------------------------------------------------
+    # Final ranked lists per (person, platform, model version, exclude_seen): a warm request is a dict lookup.
+    ranked_cache_size: int = 20_000
+    ranked_cache_depth: int = 50
+    ranked_cache_ttl_s: float = 300.0
+    # Profiles kept in memory: the fallback while Redis is down.
+    profile_lru_size: int = 50_000
+    embed_cache_size: int = 10_000
+
+    # ---- service: durability -----------------------------------------------------------------------------
+    # Append-only JSONL of every acknowledged event (fsync'd before the ack) and of catalog changes.
+    events_dir: Path = Path("var/events")
+
+    # ---- service: API -----------------------------------------------------------------------------------------
+    # Accepted X-API-Key values (comma-separated in the env var). Write, batch and admin routes need one.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Also require a key on the read routes (/v1/recommend, /v1/rank).
+    read_auth: bool = False
+    max_body_bytes: int = 1 << 20
+    max_batch_body_bytes: int = 64 << 20
+    batch_chunk: int = 256
+    n_reasons: int = 3
+
+    @field_validator("ort_providers", "api_keys", mode="before")
+    @classmethod
+    def _comma_list(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
 
 
 @lru_cache

@@ -1,0 +1,33 @@
+"""POST /v1/admin/reload: serve another bundle without dropping a request."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException
+
+from app.api.deps import StateDep, WriteAuth
+from app.core.bundle import BundleError
+from app.schemas import ReloadRequest, ReloadResponse
+
+router = APIRouter(tags=["admin"], dependencies=[WriteAuth])
+
+
+@router.post("/v1/admin/reload", response_model=ReloadResponse)
+def reload_bundle(body: ReloadRequest, state: StateDep) -> ReloadResponse:
+    """Load the bundle completely beside the current one, then swap one reference: requests in flight
+    finish on the bundle they started with. A bundle that fails to load changes nothing (422)."""
+    started = time.perf_counter()
+    previous = state.bundle
+    path = Path(body.bundle_dir) if body.bundle_dir else (previous.path if previous else state.settings.bundle_dir)
+    if path is None:
+        raise HTTPException(422, "no bundle_dir given and none configured")
+    try:
+        bundle = state.load(path)
+    except BundleError as e:
+        raise HTTPException(422, f"bundle not loaded: {e}") from None
+    return ReloadResponse(model_version=bundle.model_version,
+                          previous_model_version=previous.model_version if previous else None,
+                          items=sum(bundle.catalog.index_sizes().values()),
+                          took_ms=round((time.perf_counter() - started) * 1000, 1))

@@ -1,0 +1,31 @@
+"""Liveness and readiness: /healthz answers while the process runs, /readyz once a bundle serves."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.api.deps import StateDep
+from app.schemas import Health, Ready
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """Process alive; checks no dependency (a Redis outage must not get pods restarted)."""
+    return Health()
+
+
+@router.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
+def readyz(state: StateDep) -> JSONResponse:
+    """Ready when a bundle is loaded. Redis being down does not make the service unready: it answers
+    degraded from memory and the bundle snapshot."""
+    redis = "up" if state.guard.ping() else "down"
+    bundle = state.bundle
+    if bundle is None:
+        return JSONResponse(Ready(status="no bundle", redis=redis, detail=state.load_error).model_dump(),
+                            status_code=503)
+    ready = Ready(status="ready", model_version=bundle.model_version, execution_provider=bundle.provider,
+                  redis=redis, items=sum(bundle.catalog.index_sizes().values()), platforms=bundle.platforms)
+    return JSONResponse(ready.model_dump(exclude_none=True))

@@ -1,0 +1,35 @@
+"""POST /v1/recommend: top-k items of a platform for a person."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import BundleDep, ReadAuth, StateDep
+from app.schemas import RecommendRequest, RecommendResponse
+from app.services.recommender import Ask
+
+router = APIRouter(tags=["recommend"], dependencies=[ReadAuth])
+
+
+@router.post("/v1/recommend", response_model=RecommendResponse)
+async def recommend(body: RecommendRequest, bundle: BundleDep, state: StateDep) -> Response:
+    """A person's history (all platforms) → the target platform's best items, with the history items
+    behind each. Unknown persons: their context events, else the platform's popular items (`cold_start`).
+
+    `async` on purpose: a warm request (ranked list cached for this person) is answered right here on the
+    event loop; only a cold one goes to the threadpool for Redis, ONNX and FAISS.
+    """
+    started = time.perf_counter()
+    rec = state.recommender
+    target = rec.platform_id(bundle, body.platform, ("body", "platform"))
+    person = rec.resolve_person(bundle, body.person_id, body.account_id, body.account_platform or body.platform)
+    for i, e in enumerate(body.context_events):
+        rec.platform_id(bundle, e.platform, ("body", "context_events", i, "platform"))
+    ask = Ask(person, target, body.k, body.exclude_seen, frozenset(body.exclude_items),
+              tuple((e.item_id, e.platform, e.ts) for e in body.context_events), body.now_ts)
+    answer = rec.from_cache(bundle, ask) or await run_in_threadpool(rec.compute, bundle, ask)
+    # Pre-serialised fragments: the body is RecommendResponse, built without per-item model validation.
+    return Response(rec.render(bundle, answer, started), media_type="application/json")

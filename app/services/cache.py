@@ -1,0 +1,122 @@
+"""Bounded in-process caches: a thread-safe LRU, and the ranked-list cache that makes warm requests cheap."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LRU(Generic[K, V]):
+    """At most `maxsize` entries, least recently used evicted first; entries older than `ttl` seconds
+    count as absent. One lock: every operation is a few dict operations."""
+
+    def __init__(self, maxsize: int, ttl: float | None = None) -> None:
+        self.maxsize = max(int(maxsize), 0)
+        self.ttl = ttl
+        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            item = self._data.get(key)
+            if item is None:
+                return None
+            if self.ttl is not None and time.monotonic() - item[0] > self.ttl:
+                del self._data[key]
+                return None
+            self._data.move_to_end(key)
+            return item[1]
+
+    def put(self, key: K, value: V) -> None:
+        if self.maxsize == 0:
+            return
+        with self._lock:
+            self._data[key] = (time.monotonic(), value)
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclass(frozen=True)
+class RankedEntry:
+    """A person's re-ranked candidates for one platform, ready to send.
+
+    `fragments[i]` is the JSON of result i (item, title, score, reasons). `candidates` is every item the
+    retrieval fetched: a request's excluded items that are not among them cannot change the ranking, so
+    such a request is still answered from here (exactly as a fresh computation would answer it).
+    """
+
+    catalog_version: int
+    profile_seq: int
+    item_ids: tuple[str, ...]
+    fragments: tuple[bytes, ...]
+    candidates: frozenset[str]
+    cold_start: bool
+    complete: bool  # the fragments cover every result there was (a shorter answer is the whole answer)
+
+
+RankedKey = tuple[str, str, int, bool]  # model version, person, target platform, exclude_seen
+
+
+class RankedCache:
+    """Ranked lists by (model version, person, platform, exclude_seen).
+
+    Invalidation races: a list computed from a profile read before an event arrived must not be stored
+    after that event invalidated the person. `epoch()` is taken before computing; `put` drops the entry
+    if the person was invalidated since.
+    """
+
+    def __init__(self, maxsize: int, ttl: float) -> None:
+        self._lru: LRU[RankedKey, RankedEntry] = LRU(maxsize, ttl)
+        self._invalidated: LRU[str, int] = LRU(max(maxsize, 1000))
+        self._epoch = 0
+        self._lock = threading.Lock()
+
+    def epoch(self) -> int:
+        return self._epoch
+
+    def get(self, key: RankedKey, catalog_version: int) -> RankedEntry | None:
+        entry = self._lru.get(key)
+        if entry is None or entry.catalog_version != catalog_version:
+            return None
+        return entry
+
+    def put(self, key: RankedKey, entry: RankedEntry, since_epoch: int) -> None:
+        with self._lock:
+            if (self._invalidated.get(key[1]) or -1) > since_epoch:
+                return
+            self._lru.put(key, entry)
+
+    def invalidate_person(self, model_version: str, person: str, n_platforms: int) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._invalidated.put(person, self._epoch)
+            for target in range(n_platforms):
+                for exclude_seen in (True, False):
+                    self._lru.pop((model_version, person, target, exclude_seen))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._lru.clear()
+
+    def __len__(self) -> int:
+        return len(self._lru)

@@ -1,0 +1,95 @@
+"""Items added, changed or removed online: embedded with the bundle's item encoder, swapped into the index.
+
+A change is recorded three ways: in the durable catalog log (this replica's disk), in the Redis hash
+`{prefix}:catalog` (shared by replicas, latest change per item) and announced on the bus so other
+replicas apply it at once. A newly loaded bundle gets the recorded changes re-applied (`replay`), so an
+item added online survives restarts and reloads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+import numpy as np
+
+from app.core.metrics import Metrics
+from app.services.event_log import CatalogChange, CatalogLog, read_catalog_changes
+from app.services.model_bundle import LoadedBundle
+from app.services.redis_store import Keys, RedisGuard, RedisUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class CatalogService:
+    def __init__(self, guard: RedisGuard, keys: Keys, catalog_log: CatalogLog, metrics: Metrics) -> None:
+        self.guard = guard
+        self.keys = keys
+        self.log = catalog_log
+        self.metrics = metrics
+
+    def apply(self, bundle: LoadedBundle, changes: Sequence[CatalogChange]) -> int:
+        """Apply changes to the bundle's catalog (copy-on-write, one swap); returns the new catalog version.
+        Later changes to the same item win."""
+        latest: dict[str, CatalogChange] = {}
+        for c in changes:
+            latest[c.item_id] = c
+        upserts = [c for c in latest.values() if c.op == "upsert" and c.platform in bundle.platform_of]
+        deletes = [c.item_id for c in latest.values() if c.op == "delete"]
+        vecs = (bundle.embedder.embed([c.title for c in upserts], [bundle.platform_of[c.platform] for c in upserts])
+                if upserts else np.zeros((0, bundle.catalog.dim), dtype=np.float32))
+        with bundle.catalog_lock:
+            bundle.catalog = bundle.catalog.with_changes(
+                [(c.item_id, bundle.platform_of[c.platform], c.title, vecs[i]) for i, c in enumerate(upserts)],
+                deletes)
+            return bundle.catalog.version
+
+    def record(self, changes: Sequence[CatalogChange]) -> None:
+        """Durable first (fsync'd log), then shared (Redis, best effort: the log replays it locally)."""
+        self.log.write(list(changes))
+        try:
+            self.guard.run(lambda r: r.hset(self.keys.catalog,
+                                            mapping={c.item_id: c.to_json() for c in changes}))
+        except RedisUnavailable:
+            log.warning("catalog change recorded on disk only: Redis unavailable")
+
+    def stored(self, item_ids: Sequence[str] | None = None) -> list[CatalogChange]:
+        """Recorded changes, the latest per item, from the local log and Redis together."""
+        changes = read_catalog_changes(self.log.directory)
+        try:
+            if item_ids is None:
+                raw = self.guard.run(lambda r: r.hgetall(self.keys.catalog))
+                values = list(raw.values())
+            else:
+                values = [v for v in self.guard.run(lambda r: r.hmget(self.keys.catalog, list(item_ids))) if v]
+            changes += [CatalogChange.from_json(v) for v in values]
+        except RedisUnavailable:
+            pass
+        except (ValueError, TypeError, json.JSONDecodeError):
+            log.warning("unreadable catalog change in Redis, skipped")
+        latest: dict[str, CatalogChange] = {}
+        for c in sorted(changes, key=lambda c: c.at):
+            if item_ids is None or c.item_id in item_ids:
+                latest[c.item_id] = c
+        return list(latest.values())
+
+    def replay(self, bundle: LoadedBundle) -> int:
+        """Re-apply recorded changes to a freshly loaded bundle. An upsert of an item the bundle already
+        has is skipped when the bundle is newer than the change (its vector, trained, is the better one);
+        deletes always apply."""
+        created = _epoch(bundle.manifest.created_at)
+        keep = [c for c in self.stored()
+                if c.op == "delete" or c.item_id not in bundle.catalog.row_of or c.at > created]
+        if keep:
+            self.apply(bundle, keep)
+            log.info("re-applied %d recorded catalog changes to bundle %s", len(keep), bundle.model_version)
+        return len(keep)
+
+
+def _epoch(iso: str) -> float:
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return 0.0

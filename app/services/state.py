@@ -1,0 +1,225 @@
+"""Everything the service holds between requests, created once in the FastAPI lifespan.
+
+`bundle` is the one reference a reload swaps: a request reads it once (`require_bundle`) and keeps
+that bundle to the end, so a reload never fails or mixes an in-flight request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.core.bundle import BundleError
+from app.core.config import Settings
+from app.core.ids import account_key
+from app.core.metrics import Metrics
+from app.services.bus import Bus
+from app.services.cache import RankedCache
+from app.services.catalog_ops import CatalogService
+from app.services.errors import NoBundle
+from app.services.event_log import CatalogChange, CatalogLog, EventLog, LoggedEvent, log_files, parse_events, read_lines
+from app.services.model_bundle import LoadedBundle, load_bundle
+from app.services.profiles import IngestOutcome, ProfileStore
+from app.services.recommender import Recommender
+from app.services.redis_store import Keys, RedisGuard, RedisUnavailable, make_client
+
+log = logging.getLogger(__name__)
+
+REPLAY_BATCH = 500
+
+
+class ServiceState:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.keys = Keys(settings.redis_prefix)
+        self.redis = make_client(settings)
+        self.guard = RedisGuard(self.redis, self.keys, settings, self.metrics)
+        self.profiles = ProfileStore(self.guard, self.keys, settings, self.metrics)
+        self.ranked = RankedCache(settings.ranked_cache_size, settings.ranked_cache_ttl_s)
+        self.event_log = EventLog(settings.events_dir)
+        self.catalog = CatalogService(self.guard, self.keys, CatalogLog(settings.events_dir), self.metrics)
+        self.recommender = Recommender(settings, self.profiles, self.ranked, self.guard, self.metrics)
+        self.bus = Bus(settings.redis_url, self.keys, self.guard, settings.redis_connect_timeout_s)
+        self.bus.handlers = {"person": self._on_person_message, "catalog": self._on_catalog_message}
+        self.bus.on_reconnect = self._resync
+        self.guard.on_recover.append(self._resync)
+        self.bundle: LoadedBundle | None = None
+        self.load_error: str | None = None
+        self._reload_lock = threading.Lock()
+        self._replay_lock = threading.Lock()
+        self.metrics.index_items.collect = self._index_sizes
+
+    # ---- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.bus.start()
+        if self.settings.bundle_dir is not None:
+            try:
+                self.load(self.settings.bundle_dir)
+            except BundleError as e:
+                # Stay up without a bundle: /readyz says why (503) and /v1/admin/reload can fix it.
+                self.load_error = str(e)
+                log.error("bundle not loaded: %s", e)
+
+    def stop(self) -> None:
+        self.bus.stop()
+        self.redis.close()
+
+    def require_bundle(self) -> LoadedBundle:
+        bundle = self.bundle
+        if bundle is None:
+            raise NoBundle("no bundle loaded")
+        return bundle
+
+    def load(self, path: Path) -> LoadedBundle:
+        """Load fully (catalog changes re-applied, event log replayed), then swap. Raises BundleError."""
+        with self._reload_lock:
+            started = time.perf_counter()
+            previous = self.bundle
+            try:
+                bundle = load_bundle(path, self.settings)
+                self.catalog.replay(bundle)
+            except Exception:
+                self.metrics.reloads.inc(result="failed")
+                raise
+            self.bundle = bundle
+            self.load_error = None
+            self.ranked.clear()
+            self.metrics.reloads.inc(result="ok")
+            if previous is not None:
+                self.metrics.model_info.set(0, model_version=previous.model_version, provider=previous.provider)
+            self.metrics.model_info.set(1, model_version=bundle.model_version, provider=bundle.provider)
+            log.info("serving model %s (%.1fs)", bundle.model_version, time.perf_counter() - started)
+        self.replay_event_log()
+        return bundle
+
+    # ---- events ---------------------------------------------------------------------------------------------
+
+    def ingest(self, bundle: LoadedBundle, raw: Sequence[tuple[str, str, str, str, str, int]]
+               ) -> tuple[IngestOutcome, int]:
+        """(event_id, platform, account_id, item_id, event, ts) → durable log (fsync) → profiles → caches.
+        Returns the outcome and how many events name items the catalog does not have."""
+        salt = self.settings.id_salt.get_secret_value()
+        now = time.time()
+        events = []
+        for i, (event_id, platform, account, item_id, event, ts) in enumerate(raw):
+            self.recommender.platform_id(bundle, platform, ("body", "events", i, "platform"))
+            person = self.recommender.resolve_person(bundle, None, account, platform)
+            events.append(LoggedEvent(event_id, platform, account, account_key(salt, platform, account), person,
+                                      item_id, event, int(ts), now))
+        # Durable before anything else: an acknowledged event must survive a crash and a Redis loss.
+        path, start, end = self.event_log.write(events)
+        outcome = self.profiles.ingest(bundle, events)
+        if not outcome.degraded:
+            self._advance(path.name, start, end)
+        self._invalidate(bundle, outcome.persons)
+        self.metrics.events.inc(outcome.accepted, result="accepted")
+        self.metrics.events.inc(outcome.duplicates, result="duplicate")
+        unknown = sum(1 for e in events if e.item_id not in bundle.catalog.row_of)
+        return outcome, unknown
+
+    def _invalidate(self, bundle: LoadedBundle, persons: Sequence[str]) -> None:
+        if not persons:
+            return
+        for p in persons:
+            self.ranked.invalidate_person(bundle.model_version, p, len(bundle.platforms))
+        self.bus.publish("person", p=list(persons))
+
+    def _advance(self, file_name: str, start: int, end: int) -> None:
+        # Unavailable: the next replay re-reads those lines; event ids make that harmless.
+        with contextlib.suppress(RedisUnavailable):
+            self.guard.run(lambda r: self.guard.advance(keys=[self.keys.replay(file_name)], args=[start, end]))
+
+    def replay_event_log(self) -> int:
+        """Apply logged events Redis has not seen (it restarted empty, or was down when they came).
+
+        Per file, Redis remembers how many bytes were applied; the rest is re-ingested (idempotent by
+        event id) and the affected persons' cached profiles dropped, to be rebuilt on their next request.
+        """
+        bundle = self.bundle
+        if bundle is None or not self._replay_lock.acquire(blocking=False):
+            return 0
+        applied = 0
+        try:
+            # Older files than the idempotency window would come back as new events: skip them.
+            oldest = time.time() - self.settings.event_ttl_s
+            for path in log_files(self.settings.events_dir):
+                if path.stat().st_mtime < oldest:
+                    continue
+                key = self.keys.replay(path.name)
+                offset = int(self.guard.run(lambda r, k=key: r.get(k)) or 0)
+                lines, end = read_lines(path, offset)
+                events = parse_events(lines, path)
+                for i in range(0, len(events), REPLAY_BATCH):
+                    batch = events[i:i + REPLAY_BATCH]
+                    new = self.profiles.append_events(batch)
+                    persons = list(dict.fromkeys(e.person for e in new))
+                    if persons:
+                        stale = [self.keys.profile(bundle.model_version, p) for p in persons]
+                        self.guard.run(lambda r, ks=stale: r.delete(*ks))
+                        self._invalidate(bundle, persons)
+                    applied += len(new)
+                if end != offset:
+                    self._advance(path.name, offset, end)
+        except RedisUnavailable:
+            log.warning("event log replay stopped: Redis unavailable (it resumes when Redis returns)")
+        finally:
+            self._replay_lock.release()
+        if applied:
+            log.info("replayed %d events from the event log into Redis", applied)
+        return applied
+
+    # ---- catalog --------------------------------------------------------------------------------------------
+
+    def upsert_items(self, bundle: LoadedBundle, items: Sequence[tuple[str, str, str]]) -> int:
+        for i, (_, platform, _) in enumerate(items):
+            self.recommender.platform_id(bundle, platform, ("body", "items", i, "platform"))
+        changes = [CatalogChange("upsert", item_id, platform, title) for item_id, platform, title in items]
+        version = self.catalog.apply(bundle, changes)
+        self.catalog.record(changes)
+        self.bus.publish("catalog", ids=[c.item_id for c in changes])
+        return version
+
+    def delete_item(self, bundle: LoadedBundle, item_id: str) -> int | None:
+        """The new catalog version, or None when the item is not in the catalog (or already deleted)."""
+        if not bundle.catalog.is_live(item_id):
+            return None
+        change = CatalogChange("delete", item_id)
+        version = self.catalog.apply(bundle, [change])
+        self.catalog.record([change])
+        self.bus.publish("catalog", ids=[item_id])
+        return version
+
+    # ---- messages from other replicas, recovery ---------------------------------------------------------
+
+    def _on_person_message(self, message: dict) -> None:
+        bundle = self.bundle
+        if bundle is None:
+            return
+        for p in message.get("p", []):
+            self.ranked.invalidate_person(bundle.model_version, p, len(bundle.platforms))
+            self.profiles.local.pop((bundle.model_version, p))
+
+    def _on_catalog_message(self, message: dict) -> None:
+        bundle = self.bundle
+        if bundle is not None:
+            changes = self.catalog.stored(message.get("ids", []))
+            if changes:
+                self.catalog.apply(bundle, changes)
+
+    def _resync(self) -> None:
+        """After missing messages or Redis being away: drop cached lists, replay the event log."""
+        self.ranked.clear()
+        self.replay_event_log()
+
+    def _index_sizes(self) -> dict[tuple[str, ...], float]:
+        bundle = self.bundle
+        if bundle is None:
+            return {}
+        return {(bundle.platforms[p],): float(n) for p, n in bundle.catalog.index_sizes().items()}
+

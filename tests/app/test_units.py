@@ -1,0 +1,150 @@
+"""Unit tests of the pieces under the routes: provider choice, FAISS indexes and the catalog, ids, caches,
+and the rule that the service never imports torch or training/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from app.core.ids import account_key, unlinked_person_key
+from app.services.cache import LRU, RankedCache, RankedEntry
+from app.services.onnx import CPU, CUDA, select_providers
+from app.services.retrieval import Catalog, IndexParams, PlatformIndex
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_provider_choice_prefers_cuda_when_onnxruntime_offers_it() -> None:
+    assert select_providers([], [CPU]) == [CPU]
+    assert select_providers([], ["AzureExecutionProvider", CUDA, CPU]) == [CUDA, CPU]
+    assert select_providers([CPU], [CUDA, CPU]) == [CPU]  # forced CPU
+    assert select_providers(["TensorrtExecutionProvider", CUDA], [CUDA, CPU]) == [CUDA, CPU]
+
+
+def test_provider_choice_reads_what_onnxruntime_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mocks `onnxruntime.get_available_providers` (the only mock in these tests): no GPU exists here, so
+    this is how the GPU branch is exercised. With onnxruntime-gpu on a GPU node the list holds CUDA."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    assert select_providers([], ort.get_available_providers())[0] == CUDA
+
+
+def test_service_never_imports_torch_or_training() -> None:
+    code = ("import sys, app.main, app.services.state, xrec.cli; "
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'training'))]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for path in (ROOT / "app").rglob("*.py"):
+        text = path.read_text()
+        assert "import torch" not in text and "from training" not in text and "import training" not in text, path
+
+
+def test_ids_match_the_data_build() -> None:
+    from training.data.fuse import IdentityMap
+    from training.data.fuse import account_key as build_account_key
+
+    ids = IdentityMap.from_links("salt", [("P1", "shop", "a1")])
+    assert unlinked_person_key("salt", "video", "v7") == ids.person("video", "v7")
+    assert account_key("salt", "shop", "a1") == build_account_key("salt", "shop", "a1")
+
+
+def _unit(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("threshold", [1000, 10])  # flat, then HNSW
+def test_platform_index_search_add_remove(threshold: int) -> None:
+    vecs = _unit(50)
+    rows = np.arange(100, 150)
+    idx = PlatformIndex.build(8, rows, vecs, IndexParams(hnsw_threshold=threshold, hnsw_m=8))
+    assert idx.kind == ("hnsw" if threshold < 50 else "flat") and idx.size == 50
+    q = vecs[:1]
+    exact = rows[np.argsort(-(vecs @ q[0]))]
+    (top,) = idx.search(q, 5, [np.array([], dtype=np.int64)])
+    assert list(top) == list(exact[:5])
+    (top,) = idx.search(q, 5, [exact[:2]])
+    assert list(top) == list(exact[2:7])
+    keep = rows != exact[0]
+    changed = idx.with_changes(np.array([999]), q, [int(exact[0])], np.append(rows[keep], 999),
+                               np.concatenate([vecs[keep], q]))
+    (top,) = changed.search(q, 3, [np.array([], dtype=np.int64)])
+    assert top[0] == 999 and int(exact[0]) not in top
+    assert changed.size == 50 and idx.size == 50, "copy-on-write: the old index is unchanged"
+
+
+def test_catalog_changes_are_copy_on_write() -> None:
+    vecs = _unit(6)
+    cat = Catalog.build([f"a:{i}" for i in range(3)] + [f"b:{i}" for i in range(3)],
+                        np.array([0, 0, 0, 1, 1, 1]), ["t"] * 6, vecs, np.array([5.0, 1, 3, 0, 2, 9]), 2,
+                        IndexParams())
+    assert [cat.item_ids[r] for r in cat.popular[0]] == ["a:0", "a:2", "a:1"]
+    new = cat.with_changes([("a:9", 0, "nine", vecs[3]), ("a:1", 0, "one again", vecs[4])], ["b:2"])
+    assert new.version == 1 and cat.version == 0
+    assert new.index_sizes() == {0: 4, 1: 2} and cat.index_sizes() == {0: 3, 1: 3}
+    assert new.row_of["a:1"] == 7 and not new.live[1] and new.titles[7] == "one again"
+    assert new.is_live("a:9") and not new.is_live("b:2") and cat.is_live("b:2")
+    assert list(new.rows_of(["a:1", "zzz"])) == [7, -1]
+
+
+def test_lru_and_ranked_cache_invalidation_race() -> None:
+    lru: LRU[str, int] = LRU(2)
+    lru.put("a", 1)
+    lru.put("b", 2)
+    lru.get("a")
+    lru.put("c", 3)
+    assert lru.get("b") is None and lru.get("a") == 1
+    cache = RankedCache(10, ttl=60)
+    entry = RankedEntry(0, 0, ("x",), (b"{}",), frozenset({"x"}), False, True)
+    since = cache.epoch()
+    cache.invalidate_person("v", "p1", 2)  # an event arrives while the list is being computed
+    cache.put(("v", "p1", 0, True), entry, since)
+    assert cache.get(("v", "p1", 0, True), 0) is None, "a list computed before the event is not stored"
+    cache.put(("v", "p1", 0, True), entry, cache.epoch())
+    assert cache.get(("v", "p1", 0, True), 0) is entry and cache.get(("v", "p1", 0, True), 1) is None
+
+
+def test_xrec_serve_starts_uvicorn_with_the_bundle(bundle_dir: Path, redis_prefix: str, tmp_path: Path) -> None:
+    """The real command in a subprocess, two workers: it serves /healthz and the bundle on /readyz, and
+    keep-alive requests do not wait on Nagle + delayed ACK (~40 ms each; uvicorn issue #3149)."""
+    import os
+    import time
+
+    import httpx
+
+    from tests.app.conftest import free_port
+    from tests.fixtures.tiny_bundle import TEST_SALT
+
+    port = free_port()
+    env = {**os.environ, "XREC_ID_SALT": TEST_SALT, "XREC_REDIS_PREFIX": redis_prefix,
+           "XREC_EVENTS_DIR": str(tmp_path / "events")}
+    env.pop("XREC_BUNDLE_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "xrec.cli", "serve", "--bundle", str(bundle_dir),
+                             "--port", str(port), "--workers", "2", "--log-level", "warning"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        ready = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert ready is not None, proc.stdout.read().decode() if proc.stdout else ""
+        assert ready.status_code == 200 and ready.json()["model_version"] == "tiny-0"
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+            http.get("/healthz")
+            started = time.perf_counter()
+            for _ in range(10):
+                assert http.get("/healthz").status_code == 200
+            assert time.perf_counter() - started < 0.3, "keep-alive requests stall: TCP_NODELAY is off"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
