@@ -32,6 +32,9 @@ from training.text_vectors import encode_texts, load_text_model, text_model_path
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 ITEM_INPUTS = ["input_ids", "attention_mask", "platform"]
 MAX_RELATIVE_NDCG_DROP = 0.01
+# Events per person in the cold-cache snapshot: more than the user encoder reads, so that the scorer's
+# history-length and recency features see what training saw (the service keeps the same number).
+HISTORY_SNAPSHOT = 256
 
 
 @dataclass
@@ -148,7 +151,7 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
 
         # Tables.
         _write_items(tmp / "items.parquet", ds, vecs, ckpt["popularity"])
-        _write_history(tmp / "history.parquet", ds, cfg.max_history)
+        _write_history(tmp / "history.parquet", ds, HISTORY_SNAPSHOT)
         src_accounts = Path(dataset or ckpt["dataset"]) / "accounts.parquet"
         if src_accounts.is_file():
             shutil.copy2(src_accounts, tmp / "accounts.parquet")

@@ -47,7 +47,7 @@ class ItemTower(nn.Module):
         self.cfg = cfg
         self.proj = nn.Linear(cfg.text_dim, cfg.dim)
         self.platform = nn.Embedding(cfg.n_platforms, cfg.dim)
-        self.ids = nn.Embedding(cfg.n_items, cfg.dim) if cfg.use_id else None
+        self.ids = nn.Embedding(cfg.n_items, cfg.dim, sparse=True) if cfg.use_id else None
         nn.init.normal_(self.platform.weight, std=0.02)
         if self.ids is not None:
             nn.init.normal_(self.ids.weight, std=0.02)
@@ -83,7 +83,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        att = (q @ k.transpose(-1, -2)) / (d // self.heads) ** 0.5
+        att = (q * (d // self.heads) ** -0.5) @ k.transpose(-1, -2)
         att = att.masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
         y = (self.drop(att) @ v).transpose(1, 2).reshape(b, n, d)
         x = x + self.drop(self.out(y))

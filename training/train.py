@@ -34,7 +34,7 @@ from training.model import ModelConfig, Scorer, TwoTower
 from training.pipeline import Ranker, item_vectors, user_vectors
 from training.sequences import Dataset, Timelines, load_dataset
 from training.text_vectors import text_dim
-from training.windows import Windows, batches, make_windows
+from training.windows import Windows, batches, chunk_by_tokens, make_windows
 
 
 class TrainConfig(BaseModel):
@@ -58,7 +58,7 @@ class TrainConfig(BaseModel):
     text_model: Path | None = None  # a local transformer folder; default: MiniLM from its package
     # two-tower training
     epochs: int = 20
-    batch_size: int = 256
+    batch_tokens: int = 4096  # padded history slots per step (a batch of windows of similar length)
     lr: float = 2e-3
     weight_decay: float = 0.01
     negatives: int = 0  # 0: softmax over the platform's whole catalog; N: N sampled negatives + logQ
@@ -155,7 +155,9 @@ def _loss(state: TrainState, batch, rng: np.random.Generator, first_events: np.n
     take = rng.choice(len(first_events), size=min(len(first_events), max(1, n_targets // 8)), replace=False)
     e_rows = torch.from_numpy(tl.items[first_events[take]])
     e_plat = torch.from_numpy(tl.platforms[first_events[take]])
-    needed = _sampled_items(ds, batch, e_rows, cfg.negatives, rng) if cfg.negatives > 0 else None
+    needed, candidate = None, None
+    if cfg.negatives > 0:
+        needed, candidate = _sampled_items(ds, batch, e_rows, cfg.negatives, rng)
     text_vecs, rows = state.text.vectors(needed)
     vecs = model.items(text_vecs, item_platform[rows], rows)  # [n_rows, D] (all items, or the needed ones)
     lookup = torch.full((ds.n_items,), -1, dtype=torch.long)
@@ -177,26 +179,30 @@ def _loss(state: TrainState, batch, rng: np.random.Generator, first_events: np.n
         m = t_plat == p
         if not m.any():
             continue
-        cand = torch.nonzero(item_platform[rows] == p).squeeze(1)  # positions in `vecs`
+        on_p = item_platform[rows] == p
+        cand = torch.nonzero(on_p if candidate is None else on_p & candidate).squeeze(1)  # positions in `vecs`
         pos_in_cand = torch.searchsorted(rows[cand], t_rows[m])
-        logits = u[m] @ vecs[cand].T / temp
+        us = u[m] / temp  # scale the few queries, not the many logits
+        logits = us @ vecs[cand].T
         if cfg.negatives > 0:  # sampled softmax: remove the sampling bias (logQ)
             logits = logits - state.log_q[rows[cand]]
         losses.append(F.cross_entropy(logits, pos_in_cand, reduction="sum"))
         if text_only is not None:
-            aux = u[m] @ text_only[cand].T / temp
+            aux = us @ text_only[cand].T
             losses.append(cfg.aux_text_weight * F.cross_entropy(aux, pos_in_cand, reduction="sum"))
     return torch.stack(losses).sum() / len(t_rows)
 
 
-def _sampled_items(ds: Dataset, batch, extra_rows: torch.Tensor, negatives: int, rng: np.random.Generator
-                  ) -> torch.Tensor:
-    """Rows a sampled-softmax step needs: the batch's items plus uniform negatives per platform (sorted)."""
-    parts = [batch.hist_rows[batch.hist_mask].numpy(), batch.target_rows[batch.target_mask].numpy(),
-             extra_rows.numpy()]
+def _sampled_items(ds: Dataset, batch, extra_targets: torch.Tensor, negatives: int, rng: np.random.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, is_candidate) for a sampled-softmax step: rows = every item the step touches (sorted);
+    candidates = the step's targets (each other's in-batch negatives) plus uniform negatives per platform."""
+    cands = [batch.target_rows[batch.target_mask].numpy(), extra_targets.numpy()]
     for p in range(len(ds.platforms)):
-        parts.append(rng.choice(ds.platform_items(p), size=negatives))
-    return torch.from_numpy(np.unique(np.concatenate(parts)))
+        cands.append(rng.choice(ds.platform_items(p), size=negatives))
+    cand = np.unique(np.concatenate(cands))
+    rows = np.union1d(cand, batch.hist_rows[batch.hist_mask].numpy())
+    return torch.from_numpy(rows), torch.from_numpy(np.isin(rows, cand))
 
 
 def evaluate_two_tower(state: TrainState, queries: list[Query]) -> dict[str, float]:
@@ -209,12 +215,24 @@ def evaluate_two_tower(state: TrainState, queries: list[Query]) -> dict[str, flo
 def train_two_tower(state: TrainState, windows: Windows, valid: list[Query], console: Console
                     ) -> dict[str, object]:
     cfg, model = state.cfg, state.model
-    params = [p for p in model.parameters() if p.requires_grad] + state.text.trainable()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sparse = [model.items.ids.weight] if model.items.ids is not None else []
+    params = [p for p in model.parameters() if p.requires_grad and all(p is not s for s in sparse)]
+    params += state.text.trainable()
+    # ID rows get sparse gradients (a step touches a few thousand of them): SparseAdam updates only those.
+    opts = [torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    if sparse:
+        opts.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
     rng = np.random.default_rng(cfg.seed)
-    steps_per_epoch = math.ceil(len(windows.start) / cfg.batch_size)
+    steps_per_epoch = len(chunk_by_tokens(windows.length, cfg.batch_tokens, np.random.default_rng(0)))
     total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.05)
+    warm = max(1, total // 30)
+
+    def lr_factor(step: int) -> float:  # linear warm-up, then cosine down to 10%
+        if step < warm:
+            return (step + 1) / warm
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lr_factor) for o in opts]
     best, best_state, bad, history, step = -1.0, None, 0, [], 0
     started = time.perf_counter()
     with _progress(console) as bar:
@@ -223,13 +241,15 @@ def train_two_tower(state: TrainState, windows: Windows, valid: list[Query], con
             model.train()
             state.text.train()
             run_loss, n = 0.0, 0
-            for batch in batches(state.ds.timelines, windows, cfg.batch_size, rng):
+            for batch in batches(state.ds.timelines, windows, cfg.batch_tokens, rng):
                 loss = _loss(state, batch, rng, windows.first_events)
-                opt.zero_grad(set_to_none=True)
+                for o in opts:
+                    o.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
+                for o, s in zip(opts, scheds, strict=True):
+                    o.step()
+                    s.step()
                 run_loss, n, step = run_loss + loss.item(), n + 1, step + 1
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {run_loss / n:.3f}")
                 if cfg.max_steps and step >= cfg.max_steps:
@@ -342,7 +362,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Path:
     text = TextTower(ds, model_cfg, cfg.text_cache, console)
     model = TwoTower(model_cfg)
     # A batch brings about (targets + history) ≈ 2 × 8 items per window.
-    state = TrainState(model, text, ds, cfg, sampling_log_q(ds, max(cfg.negatives, 1), 16 * cfg.batch_size))
+    state = TrainState(model, text, ds, cfg, sampling_log_q(ds, max(cfg.negatives, 1), cfg.batch_tokens))
 
     valid = make_queries(ds, "valid")
     train_tl = tl

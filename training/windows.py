@@ -56,11 +56,24 @@ class Batch:
     target_mask: torch.Tensor  # [B, l] bool: a real target to train on
 
 
-def batches(tl: Timelines, w: Windows, batch_size: int, rng: np.random.Generator):
-    """Shuffled batches of windows of similar length, each padded only to its own longest window."""
-    order = np.argsort(w.length + rng.random(len(w.length)), kind="stable")  # length-sorted, ties shuffled
-    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+def chunk_by_tokens(lengths: np.ndarray, tokens: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Windows grouped by similar length so that each batch pads to about `tokens` slots (long windows come
+    in small batches, short ones in large): every step costs about the same. Shuffled."""
+    order = np.argsort(lengths + rng.random(len(lengths)), kind="stable")  # length-sorted, ties shuffled
+    chunks, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and (end + 1 - start) * (int(lengths[order[end]]) - 1) <= tokens:
+            end += 1
+        chunks.append(order[start:end])
+        start = end
     rng.shuffle(chunks)
+    return chunks
+
+
+def batches(tl: Timelines, w: Windows, tokens: int, rng: np.random.Generator):
+    """Batches of windows of similar length, each padded only to its own longest window."""
+    chunks = chunk_by_tokens(w.length, tokens, rng)
     for chunk in chunks:
         n_in = int(w.length[chunk].max()) - 1
         b = len(chunk)

@@ -140,6 +140,22 @@ def export_cmd(
     typer.echo(str(path))
 
 
+@app.command("ablate")
+def ablate_cmd(
+    config: Annotated[Path, typer.Argument(help="training profile (TOML)")],
+    out: Annotated[Path, typer.Option(help="folder for both runs and the comparison")] = Path("runs/ablation"),
+    cross_checkpoint: Annotated[Path | None, typer.Option(help="reuse a cross-platform checkpoint")] = None,
+    split: Annotated[str, typer.Option(help="valid | test")] = "test",
+) -> None:
+    """Transfer ablation: cross-platform history vs target-platform-only history, per history bucket."""
+    from training.ablation import transfer_ablation
+    from training.train import TrainConfig
+
+    cfg = TrainConfig.from_toml(config)
+    transfer_ablation(cfg, out, cross_checkpoint, split, log=err.print)
+    err.print(f"table: {out / f'transfer-{split}.md'}")
+
+
 @bundle_app.command("verify")
 def bundle_verify(bundle: Annotated[Path, typer.Argument(help="a bundle folder")]) -> None:
     """Check every file's hash, load each model and run one inference."""

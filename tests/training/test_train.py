@@ -28,7 +28,7 @@ def test_windows_make_every_event_but_the_first_a_target_once_with_only_earlier_
     tl = ds.timelines
     w = make_windows(tl, max_history=4)
     seen_targets = []
-    for b in batches(tl, w, 16, np.random.default_rng(0)):
+    for b in batches(tl, w, 64, np.random.default_rng(0)):
         for r in range(b.hist_rows.shape[0]):
             for t in range(b.hist_rows.shape[1]):
                 if b.target_mask[r, t]:
@@ -62,7 +62,7 @@ def test_held_out_scorer_events_are_never_two_tower_targets(demo_ds):
     is_target = np.ones(len(tl.items), dtype=bool)
     is_target[held] = False
     w = make_windows(tl, 8, is_target)
-    for b in batches(tl, w, 32, np.random.default_rng(0)):
+    for b in batches(tl, w, 128, np.random.default_rng(0)):
         # a held-out event can be an input but is never predicted
         assert not b.target_mask[b.hist_mask.logical_not()].any()
     targets = np.zeros(len(tl.items), dtype=bool)
@@ -80,7 +80,7 @@ def test_target_only_splits_history_per_platform(demo_ds):
 
 
 def test_loss_falls_and_a_checkpoint_is_written(demo_ds, tmp_path, tiny_text_model):
-    cfg = TrainConfig(dataset=demo_ds, out=tmp_path / "run", dim=16, n_layers=1, epochs=6, batch_size=32,
+    cfg = TrainConfig(dataset=demo_ds, out=tmp_path / "run", dim=16, n_layers=1, epochs=6, batch_tokens=256,
                       lr=5e-3, patience=10, scorer_epochs=2, text_cache=tmp_path / "cache",
                       text_model=tiny_text_model)
     ckpt = train(cfg)
@@ -92,7 +92,7 @@ def test_loss_falls_and_a_checkpoint_is_written(demo_ds, tmp_path, tiny_text_mod
 
 @pytest.mark.parametrize("mode", ["top-k", "lora"])
 def test_each_fine_tuning_mode_runs_a_step(demo_ds, tmp_path, mode, tiny_text_model):
-    cfg = TrainConfig(dataset=demo_ds, out=tmp_path / mode, dim=16, n_layers=1, epochs=1, batch_size=8,
+    cfg = TrainConfig(dataset=demo_ds, out=tmp_path / mode, dim=16, n_layers=1, epochs=1, batch_tokens=64,
                       mode=mode, negatives=16, max_steps=1, scorer=False, unfreeze_layers=1, lora_r=2,
                       text_cache=tmp_path / "cache", text_model=tiny_text_model)
     ckpt = train(cfg)
