@@ -141,20 +141,30 @@ class UserTower(nn.Module):
 
 
 class Scorer(nn.Module):
+    """A linear model over the scalar features plus an MLP over everything that starts at zero.
+
+    The re-ranker trains on a few thousand held-out queries: the linear part learns the robust blend (e.g.
+    retrieval score with item-KNN), the MLP only the interactions the data supports.
+    """
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         d = cfg.dim
+        self.linear = nn.Linear(cfg.scorer_extras, 1)
         self.net = nn.Sequential(
-            nn.Linear(3 * d + cfg.scorer_extras, cfg.scorer_hidden), nn.GELU(),
-            nn.Linear(cfg.scorer_hidden, cfg.scorer_hidden), nn.GELU(),
+            nn.Linear(3 * d + cfg.scorer_extras, cfg.scorer_hidden), nn.GELU(), nn.Dropout(0.1),
             nn.Linear(cfg.scorer_hidden, 1),
         )
-        self.norm = nn.LayerNorm(cfg.scorer_extras)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        with torch.no_grad():  # start as the retrieval ranking (feature 0 is the retrieval score u·v)
+            self.linear.weight.zero_()
+            self.linear.weight[0, 0] = 10.0
+            self.linear.bias.zero_()
 
     def forward(self, user_vec: torch.Tensor, item_vec: torch.Tensor, extras: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([user_vec, item_vec, user_vec * item_vec, self.norm(extras)], dim=-1)
-        # The retrieval score passes straight through: the MLP learns a correction to it.
-        return self.net(x).squeeze(-1) + extras[:, 0] * 10.0
+        x = torch.cat([user_vec, item_vec, user_vec * item_vec, extras], dim=-1)
+        return (self.linear(extras) + self.net(x)).squeeze(-1)
 
 
 class TwoTower(nn.Module):

@@ -71,7 +71,9 @@ class TrainConfig(BaseModel):
     # scorer
     scorer: bool = True
     scorer_epochs: int = 15
-    scorer_lr: float = 1e-3
+    scorer_lr: float = 1e-2
+    scorer_batch: int = 32
+    scorer_extra_holdout: int = 10000  # also hold out the last event of this many single-platform people
     candidates: int = 100
     knn_decay: float = 0.5
     text_cache: Path | None = Path(".cache/text-vectors")
@@ -100,14 +102,19 @@ def restrict_to_target(queries: list[Query]) -> list[Query]:
             for q, k in zip(queries, keep, strict=True)]
 
 
-def holdout_last_events(tl: Timelines) -> np.ndarray:
-    """Index of the last event of every person active on several platforms with ≥ 2 events."""
-    out = []
+def holdout_last_events(tl: Timelines, extra: int = 0, seed: int = 0) -> np.ndarray:
+    """The scorer's training targets: the last event of every person active on several platforms (like the
+    evaluation's people), plus that of `extra` random single-platform people with ≥ 3 events (more data)."""
+    multi, single = [], []
     for p in range(len(tl)):
         lo, hi = int(tl.offsets[p]), int(tl.offsets[p + 1])
         if hi - lo >= 2 and len(np.unique(tl.platforms[lo:hi])) > 1:
-            out.append(hi - 1)
-    return np.array(out, dtype=np.int64)
+            multi.append(hi - 1)
+        elif hi - lo >= 3:
+            single.append(hi - 1)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(single, size=min(extra, len(single)), replace=False) if extra and single else []
+    return np.sort(np.array([*multi, *chosen], dtype=np.int64))
 
 
 def _queries_for(tl: Timelines, events: np.ndarray) -> list[Query]:
@@ -302,7 +309,7 @@ def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: 
     u, v, x, y = scorer_examples(ranker, train_q)
     console.print(f"scorer: {len(y):,} of {len(train_q):,} held-out targets are in the top {cfg.candidates}")
     base = metrics_from_ranks(ranks(ranker.ds, valid, ranker.retrieval))
-    opt = torch.optim.AdamW(scorer.parameters(), lr=cfg.scorer_lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(scorer.parameters(), lr=cfg.scorer_lr, weight_decay=1e-3)
     rng = np.random.default_rng(cfg.seed)
     best, best_state, bad, history = base["ndcg@10"], None, 0, []
     q, c = v.shape[:2]
@@ -310,8 +317,8 @@ def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: 
         scorer.train()
         order = rng.permutation(q)
         total = 0.0
-        for s in range(0, q, 128):
-            idx = torch.from_numpy(order[s:s + 128])
+        for s in range(0, q, cfg.scorer_batch):
+            idx = torch.from_numpy(order[s:s + cfg.scorer_batch])
             b = len(idx)
             logits = scorer(u[idx].repeat_interleave(c, 0), v[idx].reshape(b * c, -1),
                             x[idx].reshape(b * c, -1)).view(b, c)
@@ -349,7 +356,8 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Path:
         raise ValueError(f"{cfg.dataset}: no valid targets: early stopping needs an [eval] valid split")
     tl = ds.timelines
     is_target = np.ones(len(tl.items), dtype=bool)
-    held = holdout_last_events(tl) if (cfg.scorer and cfg.holdout_for_scorer) else np.array([], dtype=np.int64)
+    held = (holdout_last_events(tl, cfg.scorer_extra_holdout, cfg.seed) if (cfg.scorer and cfg.holdout_for_scorer)
+            else np.array([], dtype=np.int64))
     is_target[held] = False
 
     model_cfg = ModelConfig(n_items=ds.n_items, n_platforms=len(ds.platforms), dim=cfg.dim, n_layers=cfg.n_layers,
