@@ -113,11 +113,12 @@ class UserTower(nn.Module):
                hist_mask: torch.Tensor) -> torch.Tensor:
         """Hidden state after each history slot [B, L, D]; slot t sees slots ≤ t (right-aligned input)."""
         b, n, _ = hist_vecs.shape
-        dist = torch.arange(n - 1, -1, -1, device=hist_vecs.device)
+        dist = (n - 1) - torch.arange(n, device=hist_vecs.device)  # a descending Range exports badly
         x = self.inp(hist_vecs) + self.platform(hist_platform) + self.bucket(hist_bucket) + self.position(dist)
         x = self.drop(x)
-        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-        eye = torch.eye(n, dtype=torch.bool, device=x.device)
+        idx = torch.arange(n, device=x.device)  # comparisons, not tril/eye: plain ops in ONNX Runtime
+        causal = idx[None, :] <= idx[:, None]
+        eye = idx[None, :] == idx[:, None]
         # Each slot may see earlier real slots, and always itself (so padded slots never see nothing).
         allowed = (causal[None] & hist_mask[:, None, :]) | eye[None]
         for blk in self.blocks:

@@ -1,0 +1,83 @@
+"""Export a tiny randomly initialised model end to end: parity, manifest hashes, verify, tamper detection."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app.core.bundle import read_manifest, sha256_file
+from export.onnx import parity
+from export.onnx_text import ParityError
+from export.verify import verify_bundle
+from export.write_bundle import export_bundle, load_checkpoint
+from training.data.build import build_dataset
+from training.data.demo import write_demo
+from training.data.sources import load_sources
+from training.model import ModelConfig, UserTower
+from training.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory, tiny_text_model) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    mapping = write_demo(root / "raw", people=200, items_per_platform=30, seed=2)
+    build_dataset(load_sources(mapping), root / "ds", salt="s")
+    ckpt = train(TrainConfig(dataset=root / "ds", out=root / "run", dim=16, n_layers=1, epochs=1, batch_tokens=256,
+                             scorer_epochs=1, text_cache=root / "cache", text_model=tiny_text_model))
+    return export_bundle(ckpt, root / "bundles", version="t1", salt="s")
+
+
+def test_bundle_has_every_file_with_its_hash_and_parity_figures(tiny_bundle):
+    m = read_manifest(tiny_bundle)
+    for name in ("item_encoder.onnx", "item_encoder.int8.onnx", "user_encoder.onnx", "scorer.onnx", "items.parquet",
+                 "history.parquet", "accounts.parquet", "knn.npz", "tokenizer/tokenizer.json"):
+        assert name in m.files, name
+        assert m.files[name].sha256 == sha256_file(tiny_bundle / name)
+    for model in ("item_encoder", "user_encoder", "scorer"):
+        assert m.models[model].parity["cosine_min"] >= 0.9999, model
+        assert m.models[model].parity["max_abs_diff"] <= 1e-4, model
+    assert m.platforms == ["news", "shop", "video"] and m.dim == 16 and m.model_version == "t1"
+    assert "int8" in m.models["item_encoder"].variants
+
+
+def test_verify_passes_then_names_a_tampered_file(tiny_bundle, tmp_path):
+    assert verify_bundle(tiny_bundle) == []
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    with (copy / "scorer.onnx").open("r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    problems = verify_bundle(copy)
+    assert len(problems) == 1 and problems[0].startswith("scorer.onnx:") and "sha256" in problems[0]
+    (copy / "knn.npz").unlink()
+    assert any(p.startswith("knn.npz: missing") for p in verify_bundle(copy))
+
+
+def test_parity_fails_loudly_naming_the_model(tiny_bundle):
+    cfg = ModelConfig(**json.loads(json.dumps(load_checkpoint(
+        tiny_bundle.parents[1] / "run" / "checkpoint.pt").cfg.to_dict())))
+    other = UserTower(cfg)  # fresh random weights: not what was exported
+    torch.manual_seed(1)
+    for p in other.parameters():
+        p.data.normal_()
+    b, n = 3, 4
+    feeds = {"hist_vecs": np.random.default_rng(0).standard_normal((b, n, cfg.dim)).astype(np.float32),
+             "hist_platform": np.ones((b, n), dtype=np.int64), "hist_bucket": np.ones((b, n), dtype=np.int64),
+             "hist_mask": np.ones((b, n), dtype=bool), "target_platform": np.zeros(b, dtype=np.int64)}
+    with pytest.raises(ParityError, match="user_encoder"):
+        parity(other, tiny_bundle / "user_encoder.onnx", feeds, "user_encoder")
+
+
+def test_items_table_holds_the_model_vectors(tiny_bundle):
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(tiny_bundle / "items.parquet")
+    assert t.column_names == ["item_id", "platform", "title", "vector", "popularity"]
+    v = np.stack(t.column("vector").to_numpy(zero_copy_only=False))
+    assert v.shape == (90, 16) and np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
