@@ -1,0 +1,626 @@
+"""Throughput and latency of POST /v1/recommend, served the way production serves it.
+
+    .venv/bin/python bench/serve.py --bundle bundles/fk-v1                     # the real catalog
+    .venv/bin/python bench/serve.py --bundle bundles/fk-v1 --items 1000000     # + synthetic items to 1M
+
+What it does, every step bounded in time and count, nothing left running when it exits:
+1. (--items) writes a bundle copy under runs/bench/ whose items.parquet is the real items plus random unit
+   vectors with synthetic ids, split across the platforms like the real catalog (same models, histories).
+2. starts `xrec serve` (one uvicorn worker, the default Settings: bundle verification on, 1 ONNX and 1 FAISS
+   thread, HNSW above 50k items per platform) on 127.0.0.1 with a fresh Redis key prefix and an empty event
+   log, and times it until /readyz answers 200 (bundle load), reading its memory from /proc.
+3. cold runs: per concurrency, requests for persons never asked before (ranked cache and Redis profile
+   empty for them: the full path, Redis + ONNX + FAISS + scorer); the process itself is warmed first with
+   other persons, so one-off costs (first ONNX run, allocator growth) are not counted.
+4. warm runs: a warm-up pass over a fixed set of persons, then the same set again and again.
+5. (--profile) py-spy samples the server under warm and cold load (a separate pass, not the measured one)
+   and prints where the time goes per request.
+
+Load generator: wrk (C, one thread, bench/recommend.lua for distinct POST bodies). It competes with the
+server for the same 2 cores, so it must cost little: wrk answers ~50k req/s on one core, i.e. ~3% of a
+core at 1,500 req/s; an httpx client costs ~0.3 ms of CPU per request, i.e. half a core at that rate.
+`--client httpx` is the fallback where wrk is not installed (its figures are then client-bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from common import (
+    REPO,
+    RUNS,
+    bundle_accuracy,
+    git_rev,
+    grow_bundle,
+    machine,
+    matching_salt,
+    persons_and_targets,
+    proc_cpu_s,
+    proc_status,
+    read_manifest_json,
+    recommend_body,
+    unsalted_copy,
+    write_json,
+)
+
+LUA = Path(__file__).resolve().parent / "recommend.lua"
+
+
+# ---- the server ---------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`xrec serve` in its own process group; stopped (SIGTERM, then SIGKILL) on exit whatever happens."""
+
+    def __init__(self, bundle: Path, salt: str, workdir: Path, load_timeout_s: float,
+                 pythonpath: str | None = None, profile_load: Path | None = None) -> None:
+        self.port = free_port()
+        self.prefix = f"xrec-bench-{uuid.uuid4().hex[:8]}"  # a fresh namespace: nobody's profiles but ours
+        self.events_dir = workdir / f"events-{self.prefix}"  # empty: nothing to replay at start
+        self.log_path = workdir / f"server-{self.prefix}.log"
+        env = {**os.environ, "XREC_ID_SALT": salt, "XREC_REDIS_PREFIX": self.prefix,
+               "XREC_EVENTS_DIR": str(self.events_dir), "PYTHONUNBUFFERED": "1"}
+        if pythonpath:  # an A/B experiment (e.g. httptools + uvloop), never the default
+            env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+        # Production settings: only what makes the run local and isolated is set; everything else is default.
+        for k in ("XREC_HNSW_THRESHOLD", "XREC_FAISS_THREADS", "XREC_ORT_INTRA_OP_THREADS", "XREC_VERIFY_BUNDLE",
+                  "XREC_RANKED_CACHE_SIZE", "XREC_RANKED_CACHE_TTL_S", "XREC_READ_AUTH"):
+            env.pop(k, None)
+        self.log_file = self.log_path.open("w")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "xrec.cli", "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "info"],
+            cwd=REPO, env=env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        spy = None
+        if profile_load is not None:  # where startup time goes (non-blocking sampling: it is not slowed)
+            spy = subprocess.Popen([py_spy(), "record", "--pid", str(self.proc.pid), "--duration",
+                                    str(int(load_timeout_s)), "--rate", "50", "--nonblocking", "--format", "raw",
+                                    "--output", str(profile_load)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            self.load_s = self._wait_ready(load_timeout_s)
+        finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes what it has and exits
+                try:
+                    spy.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait()
+        self.loaded_mem = proc_status(self.proc.pid)
+
+    def _wait_ready(self, timeout_s: float) -> float:
+        deadline = time.perf_counter() + timeout_s
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited with {self.proc.returncode}; log: {self.log_path}\n"
+                                 + self.log_path.read_text()[-3000:])
+            with contextlib.suppress(OSError), urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return time.perf_counter() - self.started
+            time.sleep(0.25)
+        self.stop()
+        raise SystemExit(f"server not ready after {timeout_s:.0f}s; log: {self.log_path}")
+
+    def readyz(self) -> dict:
+        with urllib.request.urlopen(self.url + "/readyz", timeout=5) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self.log_file.close()
+        _drop_redis_prefix(self.prefix)
+        shutil.rmtree(self.events_dir, ignore_errors=True)
+
+
+def _drop_redis_prefix(prefix: str) -> None:
+    """Delete this run's keys (and only them): a benchmark must not leave 50k profiles in a shared Redis."""
+    try:
+        import redis
+
+        r = redis.Redis.from_url(os.environ.get("XREC_REDIS_URL", "redis://127.0.0.1:6379/0"))
+        batch = []
+        for key in r.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                r.delete(*batch)
+                batch = []
+        if batch:
+            r.delete(*batch)
+    except Exception as e:  # cleanup must not hide the figures already measured
+        print(f"note: could not delete Redis keys {prefix}:*: {e}", file=sys.stderr)
+
+
+# ---- load generators ------------------------------------------------------------------------------------------
+
+def run_wrk(url: str, bodies: list[str], concurrency: int, duration_s: float, limit: int, cycle: bool,
+            tmp: Path) -> dict:
+    path = tmp / f"bodies-{uuid.uuid4().hex[:6]}.jsonl"
+    path.write_text("\n".join(bodies) + "\n")
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s", "--timeout", "2s",
+           "-s", str(LUA), url, "--", str(path), str(limit), "cycle" if cycle else "once"]
+    # wrk stops at -d by itself, or at LIMIT responses when the script prints WRK_LIMIT and we interrupt it;
+    # the deadline is the backstop if it ever hung.
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's own CPU: the generator's cost, measured
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    backstop = threading.Timer(duration_s + 30, proc.kill)
+    backstop.start()
+    lines = []
+    try:
+        assert proc.stdout is not None
+        for ln in proc.stdout:
+            lines.append(ln)
+            if ln.startswith("WRK_LIMIT"):
+                proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+    finally:
+        backstop.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    out = subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), stderr)
+    path.unlink(missing_ok=True)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRK_RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"wrk gave no result (rc {out.returncode}):\n{out.stdout}\n{out.stderr}")
+    r = json.loads(line.split(" ", 1)[1])
+    r["errors"] = sum(r[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r["client_cpu_us_per_req"] = ((ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime)
+                                  / max(r["requests"], 1) * 1e6)
+    r["seconds"] = r["duration_us"] / 1e6
+    return r
+
+
+async def _httpx_run(url: str, bodies: list[str], concurrency: int, duration_s: float, limit: int,
+                     cycle: bool) -> dict:
+    import httpx
+
+    lat: list[float] = []
+    cache: Counter[str] = Counter()
+    errors = 0
+    nxt = 0
+    stop_at = time.perf_counter() + duration_s
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal nxt, errors
+        while time.perf_counter() < stop_at and len(lat) + errors < limit:
+            if nxt >= len(bodies) and not cycle:
+                return
+            body = bodies[nxt % len(bodies)]
+            nxt += 1
+            t0 = time.perf_counter()
+            try:
+                r = await client.post("/v1/recommend", content=body,
+                                      headers={"content-type": "application/json"})
+            except httpx.HTTPError:
+                errors += 1
+                continue
+            if r.status_code != 200:
+                errors += 1
+                continue
+            lat.append(time.perf_counter() - t0)
+            cache[r.json().get("cache", "?")] += 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=2.0) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        seconds = time.perf_counter() - t0
+    us = np.array(lat) * 1e6 if lat else np.array([np.nan])
+    pct = {f"p{name}_us": float(np.percentile(us, q))
+           for name, q in (("50", 50), ("90", 90), ("95", 95), ("99", 99), ("999", 99.9))}
+    return {"requests": len(lat) + errors, "seconds": seconds, "errors": errors, **pct,
+            "max_us": float(np.max(us)), "mean_us": float(np.mean(us)), "hits": cache["hit"],
+            "misses": cache["miss"], "degraded": cache["degraded"], "cold_start": 0}
+
+
+def run_load(client: str, url: str, bodies: list[str], concurrency: int, duration_s: float, limit: int,
+             cycle: bool, tmp: Path) -> dict:
+    if client == "wrk":
+        return run_wrk(url, bodies, concurrency, duration_s, limit, cycle, tmp)
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    r = asyncio.run(_httpx_run(url, bodies, concurrency, duration_s, limit, cycle))
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    r["client_cpu_us_per_req"] = ((ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime)
+                                  / max(r["requests"], 1) * 1e6)
+    return r
+
+
+# ---- profiling ------------------------------------------------------------------------------------------------
+
+# Where a sample's time goes: the deepest frame on its stack that matches one of these (first match in this
+# order at that frame). (label, substring of "function (file:line)").
+CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    ("socket send/recv syscalls (loopback TCP)", ("_SelectorSocketTransport.write", "_read_ready__",
+                                                  "sock_recv", "sock_sendall")),
+    ("redis (profile read/write)", ("redis/", "redis_store.py")),
+    ("ONNX user encoder", ("user_vectors (app/services/ranking.py",)),
+    ("ONNX scorer", ("score (app/services/ranking.py",)),
+    ("FAISS search", ("search (app/services/retrieval.py",)),
+    ("scorer features (knn, extras)", ("candidate_extras (",)),
+    ("explain + JSON fragments", ("_fragments (app/services/recommender.py", "explain (")),
+    ("profile build/parse", ("profiles.py",)),
+    ("history lookup", ("from_ids (", "_history (")),
+    ("threadpool hop (cold path)", ("run_in_threadpool", "anyio/", "concurrent/futures", "threading.py")),
+    ("ranked-cache lookup", ("from_cache (",)),
+    ("response JSON assembly", ("render (app/services/recommender.py",)),
+    ("person/platform resolution", ("resolve_person (", "platform_id (")),
+    ("handler (other)", ("recommend (app/api/routes/recommend.py",)),
+    ("body parse + pydantic validation", ("request_body_to_args", "_validate_value_with_model_field",
+                                          "validate_python", "json/decoder.py", "json/__init__.py",
+                                          "fastapi/_compat", "Request.json", "Request.body",
+                                          "_get_body", "(starlette/requests.py")),
+    ("FastAPI deps + routing", ("solve_dependencies", "fastapi/routing.py", "fastapi/dependencies",
+                                "starlette/routing.py", "get_request_handler", "get_bundle", "get_state",
+                                "require_read_key", "run_endpoint_function")),
+    ("middleware (metrics, body limit)", ("app/api/middleware.py", "app/core/metrics.py")),
+    ("starlette/FastAPI app + exceptions", ("starlette/", "fastapi/")),
+    ("uvicorn HTTP protocol", ("uvicorn/",)),
+    ("asyncio event loop", ("asyncio/",)),
+]
+
+
+IDLE = ("Condition.wait (threading.py", "Event.wait (threading.py")
+
+
+def py_spy() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
+def load_breakdown(collapsed: Path, top: int = 12) -> list[tuple[str, float]]:
+    """Share of startup samples per deepest xrec function (app/, xrec/) on the stack: where loading goes."""
+    per: Counter[str] = Counter()
+    total = 0
+    for ln in collapsed.read_text().splitlines():
+        stack, _, n = ln.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        frames = stack.split(";")
+        mine = [f for f in frames if "/work/main/app/" in f or "app/services" in f or "app/core" in f]
+        leaf = frames[-1]
+        if not mine or "importlib" in stack or mine[-1].startswith("<module>"):
+            per["imports / interpreter start"] += int(n)
+            continue
+        name = _short(mine[-1])
+        # the C++ work under a frame (FAISS add, parquet, sha256) is attributed to that frame; say which
+        if leaf != mine[-1]:
+            name += " → " + _short(leaf)
+        per[name] += int(n)
+    return [(k, v / max(total, 1)) for k, v in per.most_common(top)]
+
+
+def profile_categories(collapsed: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]], int]:
+    """(samples per category, top self-time frames, total samples) from py-spy's raw (collapsed) output."""
+    cats: Counter[str] = Counter()
+    self_time: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        count = int(n)
+        frames = stack.split(";")
+        if any(w in stack for w in IDLE):
+            continue  # a thread blocked (threadpool workers waiting for work): not CPU
+        total += count
+        self_time[_short(frames[-1])] += count
+        label = "other (interpreter, GC, imports)"
+        for frame in reversed(frames):
+            hit = next((lab for lab, keys in CATEGORIES if any(k in frame for k in keys)), None)
+            if hit:
+                label = hit
+                break
+        cats[label] += count
+    return cats.most_common(), self_time.most_common(15), total
+
+
+def _short(frame: str) -> str:
+    m = re.match(r"(.*) \((.*?)(?:/site-packages|/lib/python3\.\d+)?/?([^/]*?/?[^/]+\.py):(\d+)\)", frame)
+    return f"{m.group(1)} ({m.group(3)})" if m else frame
+
+
+def run_profile(server: Server, client: str, bodies: list[str], concurrency: int, seconds: float, cycle: bool,
+                tmp: Path, out: Path) -> dict:
+    """py-spy (non-blocking: the server is not paused) over a load run; the run's figures are not reported
+    as throughput (sampling costs the server some CPU)."""
+    spy = py_spy()
+    raw = out.with_suffix(".txt")
+    cpu0 = proc_cpu_s(server.proc.pid)
+    p = subprocess.Popen([spy, "record", "--pid", str(server.proc.pid), "--duration", str(int(seconds) + 1),
+                          "--rate", "250", "--nonblocking", "--format", "raw", "--output", str(raw)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    time.sleep(1.0)  # py-spy attaches
+    try:
+        r = run_load(client, server.url, bodies, concurrency, seconds, len(bodies) if not cycle else 10**9,
+                     cycle, tmp)
+    finally:
+        try:
+            p.wait(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    cpu = proc_cpu_s(server.proc.pid) - cpu0
+    if not raw.is_file():
+        return {"error": (p.stderr.read() if p.stderr else b"").decode()[-500:]}
+    cats, top, total = profile_categories(raw)
+    n_req = max(r["requests"], 1)
+    cpu_us = cpu / n_req * 1e6
+    return {"requests": r["requests"], "req_s": r["requests"] / r["seconds"], "server_cpu_us_per_req": cpu_us,
+            "samples": total, "categories": [(c, n / total, n / total * cpu_us) for c, n in cats],
+            "top_self": [(f, n / total) for f, n in top], "raw": str(raw)}
+
+
+# ---- the benchmark ----------------------------------------------------------------------------------------------
+
+def pools(persons: list[str], targets: list[str], sizes: list[int], k: int) -> Iterator[list[str]]:
+    """Disjoint slices of the shuffled persons, as request bodies (cold runs never repeat a person)."""
+    start = 0
+    for n in sizes:
+        if start + n > len(persons):
+            raise SystemExit(f"not enough distinct persons: need {start + n:,}, history has {len(persons):,} "
+                             "(lower --cold-requests or --warm-persons)")
+        yield [recommend_body(p, t, k) for p, t in zip(persons[start:start + n], targets[start:start + n],
+                                                        strict=True)]
+        start += n
+
+
+def line(r: dict, name: str, c: int) -> str:
+    rps = r["requests"] / r["seconds"] if r["seconds"] else float("nan")
+    hit = r["hits"] / max(r["requests"], 1)
+    return (f"  {name:<5} c={c:<3} {r['requests']:>7,} req in {r['seconds']:5.1f}s  {rps:8,.0f} req/s  "
+            f"p50 {r['p50_us'] / 1000:6.2f}  p95 {r['p95_us'] / 1000:6.2f}  p99 {r['p99_us'] / 1000:6.2f}  "
+            f"max {r['max_us'] / 1000:6.1f} ms  errors {r['errors']}  cache hit {hit:.0%}")
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
+def main() -> None:
+    # SIGTERM/SIGHUP (a `timeout`, a closed terminal) must run the finally blocks that stop the server.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, required=True, help="bundle folder (as given to `xrec serve`)")
+    ap.add_argument("--items", type=int, default=0,
+                    help="grow the catalog to this many items with synthetic random unit vectors (0: as is)")
+    ap.add_argument("--concurrency", default="1,16,64", help="comma-separated connection counts")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured run (upper bound)")
+    ap.add_argument("--max-requests", type=int, default=100_000, help="requests per warm run (upper bound)")
+    ap.add_argument("--warm-persons", type=int, default=5_000,
+                    help="distinct persons of the warm set (below the ranked cache's 20k entries)")
+    ap.add_argument("--cold-requests", type=int, default=4_000,
+                    help="distinct never-asked persons per cold run (each is one request; upper bound)")
+    ap.add_argument("--modes", default="cold,warm", help="cold, warm or both (cold first: same process)")
+    ap.add_argument("--k", type=int, default=20, help="items per request (the API default)")
+    ap.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx")
+    ap.add_argument("--profile", action="store_true", help="also py-spy the server under warm and cold load")
+    ap.add_argument("--profile-seconds", type=float, default=8.0)
+    ap.add_argument("--salt", default=None, help="XREC_ID_SALT the bundle was built with (default: try "
+                                                 "$XREC_ID_SALT and the development/test salts)")
+    ap.add_argument("--load-timeout", type=float, default=1500.0, help="seconds to wait for /readyz")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--extra-persons", type=int, default=0,
+                    help="(smoke tests on the tiny fixture only) synthetic persons added to the copy")
+    ap.add_argument("--server-pythonpath", default=None,
+                    help="experiment: prepend this to the server's PYTHONPATH (e.g. a folder with httptools and "
+                         "uvloop, which uvicorn then picks up); figures are labelled with it")
+    ap.add_argument("--hold-while", type=Path, default=None,
+                    help="after the server is ready, wait (at most --hold-max s) while this file exists: lets "
+                         "bench/run_all.sh build other indexes during this server's load, not during its runs")
+    ap.add_argument("--hold-max", type=float, default=1200.0)
+    ap.add_argument("--label", default=None, help="name of this run in the JSON output")
+    ap.add_argument("--json", type=Path, default=None, help="write the figures here (default runs/bench/)")
+    args = ap.parse_args()
+
+    RUNS.mkdir(parents=True, exist_ok=True)
+    src = args.bundle.resolve()
+    bundle = src
+    n_real = _count_items(src)
+    if args.items or args.extra_persons:
+        dst = RUNS / f"{src.name}-{(args.items or n_real) // 1000}k"
+        bundle = grow_bundle(src, dst, max(args.items, n_real), args.extra_persons, args.seed)
+    salt = matching_salt(bundle, args.salt)
+    if salt is None:
+        print("note: no known salt matches the bundle's fingerprint; serving a symlinked copy with the "
+              "fingerprint cleared (persons are addressed by pseudonymous id, so answers are the same)")
+        bundle = unsalted_copy(bundle, RUNS / f"{bundle.name}-nosalt")
+        salt = "xrec-bench"
+    manifest = read_manifest_json(bundle)
+    n_items = _count_items(bundle)
+    conc = [int(c) for c in args.concurrency.split(",")]
+    modes = [m.strip() for m in args.modes.split(",")]
+    persons, targets, platforms = persons_and_targets(bundle, args.seed)
+    print(f"bundle {bundle} (model {manifest['model_version']}, dim {manifest['dim']}, {n_items:,} items, "
+          f"{len(persons):,} persons); client {args.client}; git {git_rev()}")
+    print(f"machine: {machine()}")
+
+    # Person pools, disjoint: process warm-up, cold runs (one per concurrency), the warm set.
+    n_cold = args.cold_requests
+    sizes = [200] + ([n_cold] * len(conc) if "cold" in modes else []) + [args.warm_persons]
+    if args.profile and "cold" in modes:
+        sizes.append(n_cold)
+    got = list(pools(persons, targets, sizes, args.k))
+    proc_warm, cold_sets = got[0], got[1:1 + (len(conc) if "cold" in modes else 0)]
+    warm_set = got[1 + len(cold_sets)]
+    profile_cold_set = got[-1] if args.profile and "cold" in modes else None
+
+    results: dict = {"label": args.label or f"{src.name}-{n_items}", "bundle": str(bundle),
+                     "model_version": manifest["model_version"], "dim": manifest["dim"], "items": n_items,
+                     "persons": len(persons), "client": args.client, "machine": machine(), "git": git_rev(),
+                     "runs": [], "accuracy": bundle_accuracy(src), "server_pythonpath": args.server_pythonpath}
+    tmp = Path(tempfile.mkdtemp(prefix="xrec-bench-"))
+    server = None
+    try:
+        load_prof = RUNS / "profiles" / f"{results['label']}-load.txt" if args.profile else None
+        if load_prof is not None:
+            load_prof.parent.mkdir(parents=True, exist_ok=True)
+        server = Server(bundle, salt, tmp, args.load_timeout, args.server_pythonpath, load_prof)
+        ready = server.readyz()
+        results["load"] = {"ready_s": server.load_s,
+                           "rss_bytes": server.loaded_mem.get("VmRSS"), "hwm_bytes": server.loaded_mem.get("VmHWM"),
+                           "readyz": ready}
+        rss, hwm = server.loaded_mem.get("VmRSS", 0), server.loaded_mem.get("VmHWM", 0)
+        if load_prof is not None and load_prof.is_file():
+            results["load"]["breakdown"] = load_breakdown(load_prof)
+            print("  startup time by function (py-spy):")
+            for name, share in results["load"]["breakdown"]:
+                print(f"  {share:6.1%}  {name}")
+        print(f"server ready in {server.load_s:.1f}s, RSS "
+              f"{rss / 2**20:,.0f} MiB, peak {hwm / 2**20:,.0f} MiB ({rss / n_items:,.0f} B/item); readyz {ready}")
+
+        if args.hold_while is not None:
+            t0 = time.perf_counter()
+            while args.hold_while.exists() and time.perf_counter() - t0 < args.hold_max:
+                time.sleep(1.0)
+            results["load"]["held_s"] = time.perf_counter() - t0
+            print(f"held {results['load']['held_s']:.0f}s for {args.hold_while} to go")
+
+        # Warm the process (not the persons measured later): first ONNX runs, allocator, code paths.
+        run_load(args.client, server.url, proc_warm, 8, 20, len(proc_warm) - 8, False, tmp)
+
+        if "cold" in modes:
+            print("cold (every request a person never asked before; Redis namespace fresh):")
+            for c, bodies in zip(conc, cold_sets, strict=True):
+                cpu0 = proc_cpu_s(server.proc.pid)
+                r = run_load(args.client, server.url, bodies, c, args.duration, max(len(bodies) - c, 1), False,
+                             tmp)
+                r["server_cpu_us_per_req"] = (proc_cpu_s(server.proc.pid) - cpu0) / max(r["requests"], 1) * 1e6
+                results["runs"].append({"mode": "cold", "concurrency": c, **r})
+                print(line(r, "cold", c) + f"  server CPU {r['server_cpu_us_per_req']:,.0f} µs/req")
+
+        if "warm" in modes:
+            t0 = time.perf_counter()
+            # The warm-up pass: every warm person once (computes and caches their ranked lists).
+            run_load(args.client, server.url, warm_set, 16, 300, len(warm_set) + 16, True, tmp)
+            print(f"warm (the same {len(warm_set):,} persons again and again; warm-up pass "
+                  f"{time.perf_counter() - t0:.1f}s):")
+            for c in conc:
+                cpu0 = proc_cpu_s(server.proc.pid)
+                r = run_load(args.client, server.url, warm_set, c, args.duration, args.max_requests, True, tmp)
+                r["server_cpu_us_per_req"] = (proc_cpu_s(server.proc.pid) - cpu0) / max(r["requests"], 1) * 1e6
+                results["runs"].append({"mode": "warm", "concurrency": c, **r})
+                print(line(r, "warm", c) + f"  server CPU {r['server_cpu_us_per_req']:,.0f} µs/req, client "
+                      f"{r.get('client_cpu_us_per_req', float('nan')):,.0f}")
+
+        end_mem = proc_status(server.proc.pid)
+        results["load"]["rss_after_bytes"] = end_mem.get("VmRSS")
+        results["load"]["hwm_after_bytes"] = end_mem.get("VmHWM")
+
+        if args.profile:
+            prof_dir = RUNS / "profiles"
+            prof_dir.mkdir(parents=True, exist_ok=True)
+            results["profile"] = {}
+            plan = [("warm", warm_set, True)] + ([("cold", profile_cold_set, False)] if profile_cold_set else [])
+            for name, bodies, cycle in plan:
+                pr = run_profile(server, args.client, bodies, 16, args.profile_seconds, cycle, tmp,
+                                 prof_dir / f"{results['label']}-{name}")
+                results["profile"][name] = pr
+                print_profile(name, pr)
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print_summary(results)
+    out = args.json or RUNS / f"serve-{results['label']}.json"
+    write_json(out, results)
+    print(f"figures: {out}")
+
+
+def _count_items(bundle: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(bundle / "items.parquet").metadata.num_rows
+
+
+def print_profile(name: str, pr: dict) -> None:
+    if "error" in pr:
+        print(f"profile {name}: py-spy failed: {pr['error']}")
+        return
+    print(f"profile {name} (c=16, {pr['requests']:,} requests, {pr['req_s']:,.0f} req/s under py-spy; "
+          f"server CPU {pr['server_cpu_us_per_req']:,.0f} µs/request; {pr['samples']:,} busy-thread samples)")
+    # Warm requests run on the event loop thread alone, so sample share x CPU per request is CPU time per
+    # step. Cold requests also spend thread time blocked on Redis replies (py-spy counts a recv as busy):
+    # there the shares are of thread time, not CPU.
+    print("  share   ≈µs/req   step" if name == "warm" else "  share of busy-thread time (Redis waits included)")
+    for cat, share, us in pr["categories"]:
+        print(f"  {share:6.1%}  {us:8,.0f}  {cat}" if name == "warm" else f"  {share:6.1%}  {cat}")
+    print("  top self-time frames:")
+    for frame, share in pr["top_self"][:10]:
+        print(f"  {share:6.1%}  {frame}")
+
+
+def print_summary(results: dict) -> None:
+    """Figures against the goals, with ratios (measured / goal)."""
+    by = {(r["mode"], r["concurrency"]): r for r in results["runs"]}
+    print(f"\nsummary ({results['label']}, {results['items']:,} items):")
+
+    def rps(r: dict) -> float:
+        return r["requests"] / r["seconds"]
+
+    for (mode, c), r in sorted(by.items()):
+        print(f"  {mode:<4} c={c:<3} {rps(r):8,.0f} req/s  p50 {r['p50_us'] / 1e3:6.2f}  "
+              f"p99 {r['p99_us'] / 1e3:6.2f} ms  errors {r['errors']}")
+    goals = []
+    if ("warm", 16) in by:
+        r = by[("warm", 16)]
+        goals += [("warm c=16 req/s >= 1500", rps(r), 1500, True),
+                  ("warm c=16 p99 ms <= 25", r["p99_us"] / 1e3, 25, False)]
+    if ("warm", 64) in by:
+        r = by[("warm", 64)]
+        goals += [("warm c=64 req/s >= 1500", rps(r), 1500, True),
+                  ("warm c=64 p99 ms <= 80", r["p99_us"] / 1e3, 80, False),
+                  ("warm c=64 errors == 0", r["errors"], 0, False)]
+    if ("warm", 1) in by:
+        goals.append(("warm c=1 p50 ms <= 2", by[("warm", 1)]["p50_us"] / 1e3, 2, False))
+    if results["items"] >= 500_000 and ("warm", 16) in by:
+        goals.append(("1M warm c=16 p99 ms <= 30", by[("warm", 16)]["p99_us"] / 1e3, 30, False))
+    if results["items"] >= 500_000 and ("cold", 16) in by:
+        goals.append(("1M cold c=16 p99 ms <= 30", by[("cold", 16)]["p99_us"] / 1e3, 30, False))
+    for name, got, goal, higher in goals:
+        ok = got >= goal if higher else got <= goal
+        ratio = f"{got / goal:.2f}x goal" if goal else ""
+        print(f"  {'MET ' if ok else 'MISS'} {name}: {got:,.2f} {ratio}")
+
+
+if __name__ == "__main__":
+    main()
