@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from training.baselines.popularity import popularity_tiebreak
 from training.evaluate import Query
 from training.sequences import Dataset
 
@@ -34,8 +35,7 @@ class ALS:
         model.fit(x, show_progress=False)
         self.y = np.asarray(model.item_factors, dtype=np.float64)
         self.yty = self.y.T @ self.y
-        pop = ds.popularity().astype(np.float64)
-        self.tiebreak = 1e-9 * pop / max(pop.max(), 1)
+        self.tiebreak = popularity_tiebreak(ds, 1e-9)
         return self
 
     def user_vector(self, items: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from app.core.features import knn_scores
+from training.baselines.popularity import popularity_tiebreak
 from training.evaluate import Query
 from training.sequences import Dataset, Timelines
 
@@ -54,9 +55,7 @@ class ItemKNN:
     def fit(self, ds: Dataset) -> ItemKNN:
         self.ds = ds
         self.index, self.weight = build_neighbours(ds.timelines, ds.n_items, self.k)
-        # Ties (e.g. no history) fall back to popularity, a tiny tie-breaker.
-        pop = ds.popularity().astype(np.float64)
-        self.tiebreak = 1e-6 * pop / max(pop.max(), 1)
+        self.tiebreak = popularity_tiebreak(ds, 1e-6)
         return self
 
     def score(self, queries: Sequence[Query]) -> list[np.ndarray]:

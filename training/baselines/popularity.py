@@ -10,6 +10,12 @@ from training.evaluate import Query
 from training.sequences import Dataset
 
 
+def popularity_tiebreak(ds: Dataset, scale: float) -> np.ndarray:
+    """A per-item bonus below any real score difference: ties (e.g. no history) fall back to popularity."""
+    pop = ds.popularity().astype(np.float64)
+    return scale * pop / max(pop.max(), 1)
+
+
 class Popularity:
     name = "popularity"
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from training.baselines.popularity import popularity_tiebreak
 from training.evaluate import Query
 from training.sequences import Dataset
 
@@ -18,8 +19,7 @@ class TextZeroShot:
 
     def fit(self, ds: Dataset) -> TextZeroShot:
         self.ds = ds
-        pop = ds.popularity().astype(np.float64)
-        self.tiebreak = 1e-6 * pop / max(pop.max(), 1)
+        self.tiebreak = popularity_tiebreak(ds, 1e-6)
         return self
 
     def score(self, queries: Sequence[Query]) -> list[np.ndarray]:
