@@ -28,11 +28,13 @@ def transfer_ablation(cfg: TrainConfig, out: Path, cross_checkpoint: Path | None
     ds, _ = model_rankers(ckpts["cross-platform"])
     results = evaluate_models(ds, models, split, protocols=("full", "new_to_platform"), log=log)
     write_results(results, f"{split}-transfer", out)
-    lines = ["| history | " + " | ".join(b[2] for b in BUCKETS) + " | all |", "|---|" + "---:|" * (len(BUCKETS) + 1)]
+    lines = ["| history | " + " | ".join(b[2] for b in BUCKETS) + " | all | new-to-platform |",
+             "|---|" + "---:|" * (len(BUCKETS) + 2)]
     for name, res in results.items():
         bk = res["full"]["bucket"]
-        lines.append(f"| {name} | " + " | ".join(f"{bk[b[2]].get('ndcg@10', 0):.4f}" for b in BUCKETS)
-                     + f" | {res['full']['overall']['ndcg@10']:.4f} |")
+        lines.append(f"| {name} | " + " | ".join(f"{bk[b[2]]['ndcg@10']:.4f}" if bk[b[2]]["n"] else "–"
+                                                 for b in BUCKETS)
+                     + f" | {res['full']['overall']['ndcg@10']:.4f} | {res['new_to_platform']['overall']['ndcg@10']:.4f} |")
     a = results["cross-platform"]["full"]["bucket"]["1-2"].get("ndcg@10", 0.0)
     b = results["target-only"]["full"]["bucket"]["1-2"].get("ndcg@10", 0.0)
     lines.append("")

@@ -311,6 +311,8 @@ def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: 
     base = metrics_from_ranks(ranks(ranker.ds, valid, ranker.retrieval))
     opt = torch.optim.AdamW(scorer.parameters(), lr=cfg.scorer_lr, weight_decay=1e-3)
     rng = np.random.default_rng(cfg.seed)
+    # The untrained scorer ranks exactly as retrieval does: it stays so unless training beats retrieval on valid.
+    initial = {k: t.detach().clone() for k, t in scorer.state_dict().items()}
     best, best_state, bad, history = base["ndcg@10"], None, 0, []
     q, c = v.shape[:2]
     for epoch in range(cfg.scorer_epochs):
@@ -338,10 +340,9 @@ def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: 
             bad += 1
             if bad >= 3:
                 break
-    if best_state is None:  # never beat retrieval alone on valid: say so, keep the last one
-        console.print("[yellow]scorer did not beat retrieval alone on valid[/]")
-    else:
-        scorer.load_state_dict(best_state)
+    if best_state is None:
+        console.print("[yellow]scorer did not beat retrieval alone on valid: it keeps the retrieval order[/]")
+    scorer.load_state_dict(best_state if best_state is not None else initial)
     return {"valid_retrieval_ndcg@10": base["ndcg@10"], "best_valid_ndcg@10": best, "epochs": history,
             "train_queries": len(train_q), "train_examples": int(len(y)), "improved": best_state is not None}
 

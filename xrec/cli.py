@@ -132,9 +132,14 @@ def export_cmd(
 
     if not checkpoint.is_file():
         raise _fail(f"checkpoint not found: {checkpoint}")
+    import contextlib
+    import sys
+
     try:
-        path = export_bundle(checkpoint, out, version, salt=get_settings().id_salt.get_secret_value(),
-                             measure_variants=measure_variants, log=err.print)
+        # Progress and parity figures go to stderr: stdout carries only the bundle path, for scripts.
+        with contextlib.redirect_stdout(sys.stderr):
+            path = export_bundle(checkpoint, out, version, salt=get_settings().id_salt.get_secret_value(),
+                                 measure_variants=measure_variants, log=err.print)
     except ParityError as e:
         raise _fail(f"parity check failed, no bundle written: {e}") from None
     typer.echo(str(path))
