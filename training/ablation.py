@@ -34,7 +34,8 @@ def transfer_ablation(cfg: TrainConfig, out: Path, cross_checkpoint: Path | None
         bk = res["full"]["bucket"]
         lines.append(f"| {name} | " + " | ".join(f"{bk[b[2]]['ndcg@10']:.4f}" if bk[b[2]]["n"] else "–"
                                                  for b in BUCKETS)
-                     + f" | {res['full']['overall']['ndcg@10']:.4f} | {res['new_to_platform']['overall']['ndcg@10']:.4f} |")
+                     + f" | {res['full']['overall']['ndcg@10']:.4f}"
+                     + f" | {res['new_to_platform']['overall']['ndcg@10']:.4f} |")
     a = results["cross-platform"]["full"]["bucket"]["1-2"].get("ndcg@10", 0.0)
     b = results["target-only"]["full"]["bucket"]["1-2"].get("ndcg@10", 0.0)
     lines.append("")
