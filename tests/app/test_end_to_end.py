@@ -5,7 +5,6 @@ evaluator's ranking (torch model, same features code) puts first.
 """
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest

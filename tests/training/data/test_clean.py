@@ -36,7 +36,8 @@ def test_each_rule_drops_with_its_reason_and_keeps_good_rows():
         (10, ["u2", "B", "2020-01-02T00:00:00Z", None], None),
     ]
     kept = [ev for line, v, p in rows if (ev := c.accept(F, line, v, p))]
-    assert [(e.account, e.item, e.event) for e in kept] == [("u1", "A", "buy"), ("u1", "A", "view"), ("u2", "B", "view")]
+    assert [(e.account, e.item, e.event) for e in kept] == [
+        ("u1", "A", "buy"), ("u1", "A", "view"), ("u2", "B", "view")]
     d = c.stats.as_dict()
     assert d["rows_read"] == 9 and d["kept"] == 3
     assert d["dropped"] == {MALFORMED: 1, BLANK_ACCOUNT: 1, BLANK_ITEM: 1, BAD_TIMESTAMP: 1, UNKNOWN_ITEM: 1,
