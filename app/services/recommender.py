@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -94,6 +95,15 @@ class Recommender:
         self.platform_id(bundle, account_platform, (*loc, "account_platform"))
         person = bundle.accounts.get(account_key(self.salt, account_platform, account_id))
         return person or unlinked_person_key(self.salt, account_platform, account_id)
+
+    def resolve_request(self, bundle: LoadedBundle, body: Any) -> tuple[int, str]:
+        """(target platform id, person) of a recommend/rank body; every platform it names is checked, so a
+        bad one is a 422 with its field path."""
+        target = self.platform_id(bundle, body.platform, ("body", "platform"))
+        person = self.resolve_person(bundle, body.person_id, body.account_id, body.account_platform or body.platform)
+        for i, e in enumerate(body.context_events):
+            self.platform_id(bundle, e.platform, ("body", "context_events", i, "platform"))
+        return target, person
 
     # ---- /v1/recommend ---------------------------------------------------------------------------------
 

@@ -16,10 +16,7 @@ router = APIRouter(tags=["rank"], dependencies=[ReadAuth])
 def rank_items(body: RankRequest, bundle: BundleDep, state: StateDep) -> RankResponse:
     started = time.perf_counter()
     rec = state.recommender
-    target = rec.platform_id(bundle, body.platform, ("body", "platform"))
-    person = rec.resolve_person(bundle, body.person_id, body.account_id, body.account_platform or body.platform)
-    for i, e in enumerate(body.context_events):
-        rec.platform_id(bundle, e.platform, ("body", "context_events", i, "platform"))
+    target, person = rec.resolve_request(bundle, body)
     out = rec.rank_items(bundle, person, target, [(i.item_id, i.title, i.platform) for i in body.items],
                          [(e.item_id, e.platform, e.ts) for e in body.context_events], body.now_ts)
     return RankResponse(**out, took_ms=round((time.perf_counter() - started) * 1000, 3))

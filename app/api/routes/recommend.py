@@ -24,10 +24,7 @@ async def recommend(body: RecommendRequest, bundle: BundleDep, state: StateDep) 
     """
     started = time.perf_counter()
     rec = state.recommender
-    target = rec.platform_id(bundle, body.platform, ("body", "platform"))
-    person = rec.resolve_person(bundle, body.person_id, body.account_id, body.account_platform or body.platform)
-    for i, e in enumerate(body.context_events):
-        rec.platform_id(bundle, e.platform, ("body", "context_events", i, "platform"))
+    target, person = rec.resolve_request(bundle, body)
     ask = Ask(person, target, body.k, body.exclude_seen, frozenset(body.exclude_items),
               tuple((e.item_id, e.platform, e.ts) for e in body.context_events), body.now_ts)
     answer = rec.from_cache(bundle, ask) or await run_in_threadpool(rec.compute, bundle, ask)
