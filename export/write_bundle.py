@@ -25,7 +25,7 @@ from export.onnx_text import PooledTextEncoder, compare_vectors, export_text_enc
 from training.data.build import atomic_dir
 from training.evaluate import make_queries, metrics_from_ranks, ranks
 from training.model import ModelConfig, Scorer, TwoTower
-from training.pipeline import Ranker, item_vectors, user_vectors
+from training.pipeline import Ranker, checkpoint_ranker, user_vectors
 from training.sequences import load_dataset
 from training.text_vectors import encode_texts, load_text_model, text_model_path
 
@@ -92,9 +92,8 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
     # A fine-tuned transformer encodes with its own weights; a frozen one reuses the disk cache.
     text_vecs = encode_texts(ds.titles, cfg.text_max_length, progress=False, model_path=text_model_path(cfg.text_model),
                              model=module.backbone if ckpt.get("text") else None)
-    vecs = item_vectors(model, text_vecs, ds.item_platform)
-    ranker = Ranker(model, ds, vecs, ckpt["popularity"], ckpt["knn_index"], ckpt["knn_weight"],
-                    ckpt.get("knn_decay", 1.0), loaded.scorer)
+    ranker = checkpoint_ranker(model, loaded.scorer, ckpt, ds, text_vecs)
+    vecs = ranker.item_vecs
     valid = make_queries(ds, "valid") if "valid" in ds.targets else []
     rng = np.random.default_rng(0)
     sample_titles = [ds.titles[i] for i in rng.choice(ds.n_items, size=min(64, ds.n_items), replace=False)]
@@ -141,10 +140,10 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
             sf = {"user_vec": [], "item_vec": [], "extras": []}
             for i, q in enumerate(qs[:16]):
                 cand = ranker.platform_items[q.platform]
-                rows_c = cand[ranker.candidates_for(q, vecs[cand] @ u[i])]
+                rows_c, knn_c = ranker.candidates_for(q, vecs[cand] @ u[i])
                 sf["user_vec"].append(np.repeat(u[i][None], len(rows_c), 0))
                 sf["item_vec"].append(vecs[rows_c])
-                sf["extras"].append(ranker.extras(q, u[i], rows_c))
+                sf["extras"].append(ranker.extras(q, u[i], rows_c, knn_c))
             scorer_feeds = {k: np.concatenate(v).astype(np.float32) for k, v in sf.items()}
             models["scorer"] = ModelFile(file="scorer.onnx", inputs=list(SCORER_INPUTS), outputs=["score"],
                                          parity=export_scorer(loaded.scorer, tmp / "scorer.onnx", scorer_feeds))
@@ -167,7 +166,8 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
         manifest = Manifest(model_version=version, dim=cfg.dim, platforms=ds.platforms,
                             max_history=cfg.max_history, n_time_buckets=N_TIME_BUCKETS,
                             max_length=cfg.text_max_length, scorer_extras=list(SCORER_EXTRAS),
-                            retrieval_candidates=ranker.candidates, knn_decay=float(ckpt.get("knn_decay", 1.0)),
+                            retrieval_candidates=ranker.candidates,
+                            knn_candidates=ranker.knn_candidates, knn_decay=float(ckpt.get("knn_decay", 1.0)),
                             models=models, salt_fingerprint=salt_fingerprint(salt) if salt else "",
                             cutoff_ts=int(ds.timelines.ts.max()) if len(ds.timelines.ts) else None,
                             evaluation=evaluation)

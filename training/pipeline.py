@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.core.features import history_inputs, knn_scores, scorer_extras
+from app.core.features import history_inputs, knn_candidates, knn_dense, knn_lookup, scorer_extras
 from training.evaluate import Query
 from training.model import Scorer, TwoTower
 from training.sequences import Dataset
@@ -57,6 +57,7 @@ class Ranker:
     knn_decay: float = 0.5
     scorer: Scorer | None = None
     candidates: int = 100
+    knn_candidates: int = 0  # the best item-KNN items added to retrieval's candidates (unseen, same platform)
 
     def __post_init__(self) -> None:
         self.platform_items = {p: self.ds.platform_items(p) for p in range(len(self.ds.platforms))}
@@ -66,21 +67,29 @@ class Ranker:
         u = user_vectors(self.model, self.item_vecs, queries)
         return [self.item_vecs[self.platform_items[q.platform]] @ u[i] for i, q in enumerate(queries)]
 
-    def candidates_for(self, q: Query, scores: np.ndarray) -> np.ndarray:
-        """Positions (within the platform's items) of the top candidates, seen items excluded."""
+    def _knn(self, q: Query) -> np.ndarray:
+        return knn_dense(q.items, self.knn_index, self.knn_weight, self.model.cfg.max_history, self.knn_decay)
+
+    def candidates_for(self, q: Query, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(item rows, their knn scores) to re-rank: retrieval's top `candidates` over the platform's items
+        (`scores`), then up to `knn_candidates` more by item-KNN; seen items excluded."""
         s = scores.copy()
         cand = self.platform_items[q.platform]
         seen = np.isin(cand, q.items)
         s[seen] = -np.inf
         k = min(self.candidates, len(s) - 1)
         top = np.argpartition(-s, k)[:k]
-        return top[np.argsort(-s[top])]
+        rows = cand[top[np.argsort(-s[top])]]
+        dense = self._knn(q)
+        if self.knn_candidates:
+            more = knn_candidates(dense, self.knn_candidates, self.ds.item_platform, q.platform,
+                                  np.concatenate([q.items, rows]))
+            rows = np.concatenate([rows, more])
+        return rows, knn_lookup(dense, rows)
 
-    def extras(self, q: Query, u: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def extras(self, q: Query, u: np.ndarray, rows: np.ndarray, knn: np.ndarray) -> np.ndarray:
         on_target = q.platforms == q.platform
         last_ts = q.ts[on_target].max() if on_target.any() else None
-        knn = knn_scores(q.items, rows, self.knn_index, self.knn_weight, self.model.cfg.max_history,
-                         self.knn_decay)
         return scorer_extras(self.item_vecs[rows] @ u, self.popularity[rows], self.max_pop[q.platform],
                              int(on_target.sum()), len(q.items),
                              None if last_ts is None else (q.now - last_ts) / 86400.0,
@@ -96,12 +105,19 @@ class Ranker:
         for i, q in enumerate(queries):
             cand = self.platform_items[q.platform]
             scores = self.item_vecs[cand] @ u[i]
-            top = self.candidates_for(q, scores)
-            rows = cand[top]
-            ex = self.extras(q, u[i], rows)
+            rows, knn = self.candidates_for(q, scores)
+            ex = self.extras(q, u[i], rows, knn)
             s = self.scorer(torch.from_numpy(np.repeat(u[i][None], len(rows), 0)),
                             torch.from_numpy(self.item_vecs[rows]), torch.from_numpy(ex)).numpy()
             final = scores + OUTSIDE_CANDIDATES
-            final[top] = s
+            final[np.searchsorted(cand, rows)] = s
             out.append(final)
         return out
+
+
+def checkpoint_ranker(model: TwoTower, scorer: Scorer | None, ckpt: dict, ds: Dataset, text_vecs: np.ndarray
+                      ) -> Ranker:
+    """The Ranker a checkpoint written by `training.train` describes, over these text vectors."""
+    return Ranker(model, ds, item_vectors(model, text_vecs, ds.item_platform), ckpt["popularity"],
+                  ckpt["knn_index"], ckpt["knn_weight"], ckpt.get("knn_decay", 1.0), scorer,
+                  ckpt.get("candidates", 100), ckpt.get("knn_candidates", 0))

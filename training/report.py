@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from export.write_bundle import load_checkpoint
+from export.write_bundle import load_checkpoint, text_encoder_module
 from training.baselines import ALS, ItemKNN, Popularity, TextZeroShot
 from training.evaluate import ScoreFn, evaluate_models, write_results
-from training.pipeline import Ranker, item_vectors
+from training.pipeline import Ranker, checkpoint_ranker
 from training.sequences import load_dataset
 from training.text_vectors import encode_texts, text_model_path
 
@@ -18,12 +18,11 @@ def model_rankers(checkpoint: Path, dataset: Path | None = None) -> tuple[object
     loaded = load_checkpoint(checkpoint)
     ckpt = loaded.ckpt
     ds = load_dataset(Path(dataset or ckpt["dataset"]))
+    # A fine-tuned transformer (top-k, lora) encodes with its own weights; a frozen one reuses the disk cache.
+    backbone = text_encoder_module(loaded).backbone if ckpt.get("text") else None
     text = encode_texts(ds.titles, loaded.cfg.text_max_length, progress=False,
-                        model_path=text_model_path(loaded.cfg.text_model))
-    vecs = item_vectors(loaded.model, text, ds.item_platform)
-    ranker = Ranker(loaded.model, ds, vecs, ckpt["popularity"], ckpt["knn_index"], ckpt["knn_weight"],
-                    ckpt.get("knn_decay", 1.0), loaded.scorer)
-    return ds, ranker
+                        model_path=text_model_path(loaded.cfg.text_model), model=backbone)
+    return ds, checkpoint_ranker(loaded.model, loaded.scorer, ckpt, ds, text)
 
 
 def run_evaluation(checkpoint: Path, split: str, out: Path | None = None, baselines: bool = True,

@@ -74,7 +74,8 @@ class TrainConfig(BaseModel):
     scorer_lr: float = 1e-2
     scorer_batch: int = 32
     scorer_extra_holdout: int = 10000  # also hold out the last event of this many single-platform people
-    candidates: int = 100
+    candidates: int = 100  # retrieval's top N for the scorer to re-rank
+    knn_candidates: int = 0  # + the N best item-KNN items retrieval missed (unseen, same platform)
     knn_decay: float = 0.5
     text_cache: Path | None = Path(".cache/text-vectors")
 
@@ -288,14 +289,13 @@ def scorer_examples(ranker: Ranker, queries: list[Query]) -> tuple[torch.Tensor,
     users, items, extras, labels = [], [], [], []
     for i, q in enumerate(queries):
         cand = ranker.platform_items[q.platform]
-        top = ranker.candidates_for(q, ranker.item_vecs[cand] @ u[i])
-        rows = cand[top]
+        rows, knn = ranker.candidates_for(q, ranker.item_vecs[cand] @ u[i])
         hit = np.flatnonzero(rows == q.target)
         if len(hit) == 0:
             continue
         users.append(u[i])
         items.append(ranker.item_vecs[rows])
-        extras.append(ranker.extras(q, u[i], rows))
+        extras.append(ranker.extras(q, u[i], rows, knn))
         labels.append(int(hit[0]))
     return (torch.from_numpy(np.stack(users)), torch.from_numpy(np.stack(items)),
             torch.from_numpy(np.stack(extras)), torch.tensor(labels))
@@ -392,7 +392,8 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Path:
     keep[held] = False  # the scorer's targets must not be in the co-occurrence it reads
     knn_index, knn_weight = build_neighbours(tl, ds.n_items, keep=keep)
     popularity = np.bincount(tl.items[keep], minlength=ds.n_items).astype(np.float64)
-    ranker = Ranker(model, ds, vecs, popularity, knn_index, knn_weight, cfg.knn_decay, candidates=cfg.candidates)
+    ranker = Ranker(model, ds, vecs, popularity, knn_index, knn_weight, cfg.knn_decay, candidates=cfg.candidates,
+                    knn_candidates=cfg.knn_candidates)
     if cfg.scorer and len(held):
         train_q = _queries_for(tl, held)
         if cfg.history == "target-only":
@@ -414,6 +415,8 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Path:
         "knn_index": knn_index,
         "knn_weight": knn_weight,
         "knn_decay": cfg.knn_decay,
+        "candidates": cfg.candidates,
+        "knn_candidates": cfg.knn_candidates,
         "popularity": popularity,
         "log": log,
     }, ckpt)

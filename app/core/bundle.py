@@ -58,6 +58,7 @@ class Manifest(BaseModel):
     max_length: int = 32
     scorer_extras: list[str]
     retrieval_candidates: int = 100
+    knn_candidates: int = Field(default=0, description="item-KNN candidates added to retrieval's before re-ranking")
     knn_decay: float = Field(default=1.0, description="`decay` for features.knn_scores (recency weighting)")
     models: dict[str, ModelFile]
     files: dict[str, FileEntry] = Field(default_factory=dict)

@@ -4,7 +4,8 @@ numpy only: the service imports this, and it never imports torch.
 
 - `history_inputs()`: a person's fused history → the user encoder's arrays (last `max_len` events,
   right-aligned so the newest event is always at the last position, time-gap buckets, mask).
-- `knn_scores()`: item-KNN co-occurrence score of candidates given a history (a scorer feature and a baseline).
+- `knn_dense()` / `knn_scores()`: item-KNN co-occurrence scores given a history (a scorer feature and a
+  baseline); `knn_candidates()`: the best of them, added to retrieval's candidates.
 - `scorer_extras()`: the scalar features the re-ranking scorer sees beside the user and item vectors.
 """
 
@@ -58,12 +59,12 @@ def history_inputs(items: np.ndarray, platforms: np.ndarray, ts: np.ndarray, max
     return out_items, out_plat, out_bucket, mask
 
 
-def knn_scores(history_items: np.ndarray, candidates: np.ndarray, nbr_index: np.ndarray,
-               nbr_weight: np.ndarray, max_history: int = 50, decay: float = 1.0) -> np.ndarray:
-    """Σ over the last `max_history` history items h of decay^age(h) · sim(h, c), per candidate row c.
+def knn_dense(history_items: np.ndarray, nbr_index: np.ndarray, nbr_weight: np.ndarray, max_history: int = 50,
+              decay: float = 1.0) -> np.ndarray:
+    """float64 [n_items]: Σ over the last `max_history` history items h of decay^age(h) · sim(h, c), for every c.
 
     `nbr_index`/`nbr_weight` [n_items, K]: each item's top-K co-occurring items (-1 = none). age is 0 for
-    the newest history item; decay < 1 favours what the person did last.
+    the newest history item; decay < 1 favours what the person did last. Zero where nothing co-occurs.
     """
     n_items = nbr_index.shape[0]
     hist = np.asarray(history_items, dtype=np.int64)[-max_history:]
@@ -71,16 +72,49 @@ def knn_scores(history_items: np.ndarray, candidates: np.ndarray, nbr_index: np.
     valid = (hist >= 0) & (hist < n_items)
     hist, age = hist[valid], age[valid]
     if len(hist) == 0:
-        return np.zeros(len(candidates), dtype=np.float32)
+        return np.zeros(n_items)
     idx = nbr_index[hist].ravel()
     w = (nbr_weight[hist] * (decay ** age)[:, None]).ravel()
     keep = idx >= 0
-    dense = np.bincount(idx[keep], weights=w[keep], minlength=n_items)
+    return np.bincount(idx[keep], weights=w[keep], minlength=n_items)
+
+
+def knn_lookup(dense: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """float32 knn score of each candidate row from `knn_dense` (0 for rows the table does not know)."""
     cand = np.asarray(candidates, dtype=np.int64)
     out = np.zeros(len(cand), dtype=np.float32)
-    ok = (cand >= 0) & (cand < n_items)
+    ok = (cand >= 0) & (cand < len(dense))
     out[ok] = dense[cand[ok]]
     return out
+
+
+def knn_scores(history_items: np.ndarray, candidates: np.ndarray, nbr_index: np.ndarray,
+               nbr_weight: np.ndarray, max_history: int = 50, decay: float = 1.0) -> np.ndarray:
+    """Item-KNN co-occurrence score of candidate rows given a history (`knn_dense`, looked up)."""
+    return knn_lookup(knn_dense(history_items, nbr_index, nbr_weight, max_history, decay), candidates)
+
+
+def knn_candidates(dense: np.ndarray, n: int, item_platform: np.ndarray, target: int, exclude: np.ndarray,
+                   live: np.ndarray | None = None) -> np.ndarray:
+    """Up to `n` rows of the target platform with the highest knn score (> 0), best first (ties: lower row).
+
+    `item_platform`/`live`: per row (at least as long as `dense`); `exclude`: rows never to return (seen,
+    excluded by the request, already retrieved). Retrieval's candidates are completed with these so that the
+    scorer also sees what co-occurrence alone would rank high.
+    """
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    rows = np.flatnonzero(dense > 0)
+    ok = item_platform[rows] == target
+    if live is not None:
+        ok &= live[rows]
+    rows = rows[ok]
+    if len(exclude):
+        rows = rows[~np.isin(rows, exclude)]
+    if len(rows) > n:
+        top = np.argpartition(-dense[rows], n - 1)[:n]
+        rows = rows[top]
+    return rows[np.lexsort((rows, -dense[rows]))].astype(np.int64)
 
 
 def scorer_extras(dot: np.ndarray, popularity: np.ndarray, max_popularity: float, n_target: int,

@@ -154,7 +154,7 @@ def _load(path: Path, settings: Settings) -> LoadedBundle:
     if knn_index.shape[0] != len(item_ids):
         raise BundleError(f"knn.npz: {knn_index.shape[0]} rows, items.parquet has {len(item_ids)}")
     models = Models(user_encoder, scorer, manifest.max_history, manifest.retrieval_candidates,
-                    knn_index, knn_weight, manifest.knn_decay)
+                    knn_index, knn_weight, manifest.knn_decay, manifest.knn_candidates)
 
     hist = _read(path / "history.parquet", ["person", "platform", "item_id", "ts"])
     hist = hist.filter(pc.is_in(hist.column("platform"), value_set=pa.array(manifest.platforms)))

@@ -15,7 +15,8 @@ A person with an empty history is answered with `popular(catalog, target, k)` in
 Steps (the semantics of `training.pipeline.Ranker.final`, with the bundle's ONNX models):
 1. user vector: user_encoder.onnx over `app.core.features.history_inputs` of the history;
 2. retrieval: the target platform's FAISS index, top `retrieval_candidates` by inner product, leaving out
-   items the person has seen (if `exclude_seen`) and the request's excluded items;
+   items the person has seen (if `exclude_seen`) and the request's excluded items; then up to
+   `knn_candidates` more: the live items with the best item-KNN score given the history;
 3. re-rank: scorer.onnx over [user, item, extras] with `app.core.features.scorer_extras`; best first.
 """
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from app.core.features import history_inputs, knn_scores, scorer_extras
+from app.core.features import history_inputs, knn_candidates, knn_dense, knn_lookup, scorer_extras
 from app.services.retrieval import Catalog
 
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -44,6 +45,7 @@ class Models:
     knn_index: np.ndarray  # int32 [n_items, K] rows of items.parquet, -1 = none
     knn_weight: np.ndarray  # float32 [n_items, K]
     knn_decay: float  # manifest.knn_decay
+    knn_candidates: int = 0  # manifest.knn_candidates: item-KNN items added to retrieval's candidates
 
 
 @dataclass(frozen=True)
@@ -103,14 +105,20 @@ def user_vectors(models: Models, catalog: Catalog, histories: Sequence[History],
     return models.user_encoder.run(None, feed)[0].astype(np.float32, copy=False)
 
 
+def history_knn(models: Models, history: History) -> np.ndarray:
+    """`features.knn_dense` of a history: item-KNN scores of every item row the bundle's table knows."""
+    return knn_dense(history.rows, models.knn_index, models.knn_weight, models.max_history, models.knn_decay)
+
+
 def candidate_extras(models: Models, catalog: Catalog, history: History, target: int, now: float,
-                     user_vec: np.ndarray, item_vecs: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
-    """Scorer features [C, E] for candidates given by vector (and table row, -1 for items not in it)."""
+                     user_vec: np.ndarray, item_vecs: np.ndarray, item_rows: np.ndarray,
+                     knn: np.ndarray | None = None) -> np.ndarray:
+    """Scorer features [C, E] for candidates given by vector (and table row, -1 for items not in it).
+    `knn`: the history's `history_knn`, when the caller has it already."""
     on_target = history.platforms == target
     last_ts = int(history.ts[on_target].max()) if on_target.any() else None
     rows = np.asarray(item_rows, dtype=np.int64)
-    knn = knn_scores(history.rows, rows, models.knn_index, models.knn_weight, models.max_history,
-                     models.knn_decay)
+    knn = knn_lookup(history_knn(models, history) if knn is None else knn, rows)
     popularity = np.where(rows >= 0, catalog.popularity[np.maximum(rows, 0)], 0.0)
     return scorer_extras(item_vecs @ user_vec, popularity, catalog.max_popularity[target],
                          int(on_target.sum()), len(history),
@@ -162,13 +170,19 @@ def rank(models: Models, catalog: Catalog, queries: Sequence[Query], user_vecs: 
     for i, q in enumerate(queries):
         by_target.setdefault(q.target, []).append(i)
     cands: list[np.ndarray] = [_EMPTY] * len(queries)
+    knn = [history_knn(models, q.history) for q in queries]
     for target, idx in by_target.items():
         excl = [np.concatenate([seen_rows(queries[i].history, target) if queries[i].exclude_seen else _EMPTY,
                                 queries[i].exclude]) for i in idx]
-        for i, rows in zip(idx, catalog.indexes[target].search(user_vecs[idx], n, excl), strict=True):
+        for j, (i, rows) in enumerate(zip(idx, catalog.indexes[target].search(user_vecs[idx], n, excl),
+                                          strict=True)):
+            if models.knn_candidates:
+                more = knn_candidates(knn[i], models.knn_candidates, catalog.platform, target,
+                                      np.concatenate([excl[j], rows]), catalog.live)
+                rows = np.concatenate([rows, more])
             cands[i] = rows
     extras = [candidate_extras(models, catalog, q.history, q.target, q.now, user_vecs[i],
-                               catalog.vectors[cands[i]], cands[i]) for i, q in enumerate(queries)]
+                               catalog.vectors[cands[i]], cands[i], knn[i]) for i, q in enumerate(queries)]
     all_rows = np.concatenate(cands)
     s = score(models, np.repeat(user_vecs, [len(c) for c in cands], axis=0), catalog.vectors[all_rows],
               np.concatenate(extras) if extras else np.zeros((0, 0), dtype=np.float32))

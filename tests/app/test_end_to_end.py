@@ -17,6 +17,7 @@ from training.data.build import build_dataset
 from training.data.demo import write_demo
 from training.data.sources import load_sources
 from training.evaluate import make_queries
+from training.pipeline import user_vectors
 from training.report import model_rankers
 from training.train import TrainConfig, train
 
@@ -28,8 +29,10 @@ def pipeline(tmp_path_factory, tiny_text_model):
     root = tmp_path_factory.mktemp("e2e")
     mapping = write_demo(root / "raw", people=300, items_per_platform=40, seed=5)
     build_dataset(load_sources(mapping), root / "ds", salt=SALT)
+    # 10 retrieval + up to 10 item-KNN candidates of 40 items per platform: both sources reach the scorer.
     ckpt = train(TrainConfig(dataset=root / "ds", out=root / "run", dim=16, n_layers=1, epochs=2, batch_tokens=256,
-                             scorer_epochs=2, text_cache=root / "cache", text_model=tiny_text_model))
+                             scorer_epochs=2, text_cache=root / "cache", text_model=tiny_text_model,
+                             candidates=10, knn_candidates=10))
     bundle = export_bundle(ckpt, root / "bundles", version="e2e", salt=SALT, measure_variants=False)
     return root, ckpt, bundle
 
@@ -39,6 +42,10 @@ def test_service_top10_equals_the_offline_ranking(pipeline, redis_prefix, tmp_pa
     ds, ranker = model_rankers(ckpt)
     queries = [q for q in make_queries(ds, "test") if len(q.items)][:8]
     offline = ranker.final(queries)
+    # The union is exercised: some query re-ranks item-KNN candidates beyond retrieval's 10.
+    sizes = [len(ranker.candidates_for(q, ranker.item_vecs[ds.platform_items(q.platform)] @ u)[0])
+             for q, u in zip(queries, user_vectors(ranker.model, ranker.item_vecs, queries), strict=True)]
+    assert max(sizes) > 10, sizes
     settings = make_settings(bundle, redis_prefix, tmp_path / "events", id_salt=SALT)
     with TestClient(create_app(settings)) as client:
         for q, scores in zip(queries, offline, strict=True):

@@ -11,12 +11,33 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from app.core.features import knn_candidates, knn_dense, knn_scores
 from app.core.ids import account_key, unlinked_person_key
 from app.services.cache import LRU, RankedCache, RankedEntry
 from app.services.onnx import CPU, CUDA, select_providers
 from app.services.retrieval import Catalog, IndexParams, PlatformIndex
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_knn_scores_and_candidates_by_hand() -> None:
+    # 6 items; platform 0 = rows 0, 1, 2, 4, 5; platform 1 = row 3. Each item's top-2 neighbours.
+    index = np.array([[1, 3], [0, 2], [1, -1], [0, -1], [-1, -1], [2, 0]], dtype=np.int32)
+    weight = np.array([[0.5, 0.9], [0.5, 0.4], [0.4, 0], [0.9, 0], [0, 0], [0.3, 0.2]], dtype=np.float32)
+    platform = np.array([0, 0, 0, 1, 0, 0])
+    # History 0 then 1 (newest), decay 0.5: item 1 gets 0.5·0.5 from 0; item 3 0.9·0.5; 0 gets 0.5; 2 gets 0.4.
+    dense = knn_dense(np.array([0, 1]), index, weight, decay=0.5)
+    assert np.allclose(dense, [0.5, 0.25, 0.4, 0.45, 0, 0])
+    assert np.allclose(knn_scores(np.array([0, 1]), np.array([3, 2, 9, -1]), index, weight, decay=0.5),
+                       [0.45, 0.4, 0, 0])
+    # Platform 0, best first, zero scores never: 0, 2, 1 (3 is platform 1; 4 and 5 score 0).
+    assert knn_candidates(dense, 5, platform, 0, np.zeros(0, dtype=np.int64)).tolist() == [0, 2, 1]
+    assert knn_candidates(dense, 2, platform, 0, np.zeros(0, dtype=np.int64)).tolist() == [0, 2]
+    assert knn_candidates(dense, 5, platform, 0, np.array([0, 1])).tolist() == [2]  # seen / retrieved
+    live = np.array([True, True, False, True, True, True])
+    assert knn_candidates(dense, 5, platform, 0, np.zeros(0, dtype=np.int64), live).tolist() == [0, 1]
+    assert knn_candidates(dense, 0, platform, 0, np.zeros(0, dtype=np.int64)).tolist() == []
+    assert knn_candidates(knn_dense(np.array([4]), index, weight), 5, platform, 0, np.zeros(0)).tolist() == []
 
 
 def test_provider_choice_prefers_cuda_when_onnxruntime_offers_it() -> None:
