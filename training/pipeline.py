@@ -90,10 +90,12 @@ class Ranker:
     def extras(self, q: Query, u: np.ndarray, rows: np.ndarray, knn: np.ndarray) -> np.ndarray:
         on_target = q.platforms == q.platform
         last_ts = q.ts[on_target].max() if on_target.any() else None
+        knn_target = knn_lookup(knn_dense(q.items[on_target], self.knn_index, self.knn_weight,
+                                          self.model.cfg.max_history, self.knn_decay), rows)
         return scorer_extras(self.item_vecs[rows] @ u, self.popularity[rows], self.max_pop[q.platform],
                              int(on_target.sum()), len(q.items),
                              None if last_ts is None else (q.now - last_ts) / 86400.0,
-                             bool(len(q.platforms) and q.platforms[-1] == q.platform), knn)
+                             bool(len(q.platforms) and q.platforms[-1] == q.platform), knn, knn_target)
 
     @torch.no_grad()
     def final(self, queries: Sequence[Query]) -> list[np.ndarray]:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from app.core.features import SCORER_EXTRAS
 from training.baselines.itemknn import build_neighbours
 from training.evaluate import Query, make_queries, metrics_from_ranks, ranks
 from training.finetune import TextTower
@@ -86,15 +87,16 @@ class TrainConfig(BaseModel):
         return cls.model_validate(raw)
 
 
-def target_only(tl: Timelines) -> Timelines:
-    """The same events with each (person, platform) as its own timeline: no cross-platform history."""
+def target_only(tl: Timelines) -> tuple[Timelines, np.ndarray]:
+    """The same events with each (person, platform) as its own timeline: no cross-platform history.
+    Also returns the order: event i of the new timelines is event order[i] of `tl`."""
     person = np.repeat(np.arange(len(tl)), np.diff(tl.offsets))
     order = np.lexsort((np.arange(len(person)), tl.platforms, person))
     key = person[order] * 1000 + tl.platforms[order]
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     return Timelines([f"{tl.persons[person[order][s]]}@{tl.platforms[order][s]}" for s in starts],
                      np.r_[starts, len(order)].astype(np.int64), tl.items[order], tl.platforms[order],
-                     tl.ts[order])
+                     tl.ts[order]), order
 
 
 def restrict_to_target(queries: list[Query]) -> list[Query]:
@@ -284,7 +286,8 @@ def train_two_tower(state: TrainState, windows: Windows, valid: list[Query], con
 
 
 def scorer_examples(ranker: Ranker, queries: list[Query]) -> tuple[torch.Tensor, ...]:
-    """(user, item, extras, label) for queries whose target the retrieval fetched."""
+    """(user, item, extras, is_real, label) for queries whose target is among the candidates. Candidate
+    lists differ in length (item-KNN adds a varying number): padded to the longest, `is_real` marks them."""
     u = user_vectors(ranker.model, ranker.item_vecs, queries)
     users, items, extras, labels = [], [], [], []
     for i, q in enumerate(queries):
@@ -297,8 +300,16 @@ def scorer_examples(ranker: Ranker, queries: list[Query]) -> tuple[torch.Tensor,
         items.append(ranker.item_vecs[rows])
         extras.append(ranker.extras(q, u[i], rows, knn))
         labels.append(int(hit[0]))
-    return (torch.from_numpy(np.stack(users)), torch.from_numpy(np.stack(items)),
-            torch.from_numpy(np.stack(extras)), torch.tensor(labels))
+    c = max((len(v) for v in items), default=0)
+    real = np.zeros((len(items), c), dtype=bool)
+    for i, v in enumerate(items):
+        real[i, :len(v)] = True
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        return np.pad(a, ((0, c - len(a)), (0, 0)))
+
+    return (torch.from_numpy(np.stack(users)), torch.from_numpy(np.stack([pad(v) for v in items])),
+            torch.from_numpy(np.stack([pad(x) for x in extras])), torch.from_numpy(real), torch.tensor(labels))
 
 
 def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: TrainConfig,
@@ -306,8 +317,10 @@ def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: 
     torch.manual_seed(cfg.seed)
     scorer = Scorer(ranker.model.cfg)
     ranker.scorer = scorer
-    u, v, x, y = scorer_examples(ranker, train_q)
-    console.print(f"scorer: {len(y):,} of {len(train_q):,} held-out targets are in the top {cfg.candidates}")
+    u, v, x, real, y = scorer_examples(ranker, train_q)
+    knn_part = f" + up to {cfg.knn_candidates} by item-KNN" if cfg.knn_candidates else ""
+    console.print(f"scorer: {len(y):,} of {len(train_q):,} held-out targets are among the candidates "
+                  f"(retrieval's top {cfg.candidates}{knn_part})")
     base = metrics_from_ranks(ranks(ranker.ds, valid, ranker.retrieval))
     opt = torch.optim.AdamW(scorer.parameters(), lr=cfg.scorer_lr, weight_decay=1e-3)
     rng = np.random.default_rng(cfg.seed)
@@ -323,7 +336,7 @@ def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: 
             idx = torch.from_numpy(order[s:s + cfg.scorer_batch])
             b = len(idx)
             logits = scorer(u[idx].repeat_interleave(c, 0), v[idx].reshape(b * c, -1),
-                            x[idx].reshape(b * c, -1)).view(b, c)
+                            x[idx].reshape(b * c, -1)).view(b, c).masked_fill(~real[idx], float("-inf"))
             loss = F.cross_entropy(logits, y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -367,18 +380,19 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Path:
                             unfreeze_layers=cfg.unfreeze_layers, lora_r=cfg.lora_r,
                             text_max_length=cfg.text_max_length,
                             text_model=str(cfg.text_model) if cfg.text_model else None,
-                            text_dim=text_dim(cfg.text_model))
+                            text_dim=text_dim(cfg.text_model), scorer_extras=len(SCORER_EXTRAS))
     text = TextTower(ds, model_cfg, cfg.text_cache, console)
     model = TwoTower(model_cfg)
     # A batch brings about (targets + history) ≈ 2 × 8 items per window.
     state = TrainState(model, text, ds, cfg, sampling_log_q(ds, max(cfg.negatives, 1), cfg.batch_tokens))
 
     valid = make_queries(ds, "valid")
-    train_tl = tl
+    keep = np.ones(len(tl.items), dtype=bool)
+    keep[held] = False  # the scorer's targets must not be in the co-occurrence it reads
+    train_tl, train_keep = tl, keep
     if cfg.history == "target-only":
-        train_tl = target_only(tl)
-        is_target = is_target[np.lexsort((np.arange(len(tl.items)),
-                                          tl.platforms, np.repeat(np.arange(len(tl)), np.diff(tl.offsets))))]
+        train_tl, order = target_only(tl)
+        is_target, train_keep = is_target[order], keep[order]
         valid = restrict_to_target(valid)
         ds = Dataset(ds.platforms, ds.item_ids, ds.item_platform, ds.titles, train_tl, ds.targets)
         state.ds = ds
@@ -388,9 +402,8 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Path:
     log = {"config": json.loads(cfg.model_dump_json()), "two_tower": train_two_tower(state, windows, valid, console)}
 
     vecs = item_vectors(model, text.all_vectors(), ds.item_platform)
-    keep = np.ones(len(tl.items), dtype=bool)
-    keep[held] = False  # the scorer's targets must not be in the co-occurrence it reads
-    knn_index, knn_weight = build_neighbours(tl, ds.n_items, keep=keep)
+    # Co-occurrence over the timelines the model trained on: target-only ones link no platforms.
+    knn_index, knn_weight = build_neighbours(train_tl, ds.n_items, keep=train_keep)
     popularity = np.bincount(tl.items[keep], minlength=ds.n_items).astype(np.float64)
     ranker = Ranker(model, ds, vecs, popularity, knn_index, knn_weight, cfg.knn_decay, candidates=cfg.candidates,
                     knn_candidates=cfg.knn_candidates)

@@ -23,7 +23,8 @@ SCORER_EXTRAS = (
     "has_target_history",  # 1 if the person has been on the target platform
     "log_days_since_target",  # log1p(days since their last event there) / 10, 0 when none
     "last_on_target",  # 1 if their latest event was on the target platform
-    "log_knn",  # log1p(item-KNN co-occurrence score of the candidate given the history)
+    "log_knn",  # log1p(item-KNN co-occurrence score of the candidate given the whole fused history)
+    "log_knn_target",  # the same from the history on the target platform alone: the scorer weighs the parts
 )
 
 
@@ -118,8 +119,8 @@ def knn_candidates(dense: np.ndarray, n: int, item_platform: np.ndarray, target:
 
 
 def scorer_extras(dot: np.ndarray, popularity: np.ndarray, max_popularity: float, n_target: int,
-                  n_all: int, days_since_target: float | None, last_on_target: bool, knn: np.ndarray
-                  ) -> np.ndarray:
+                  n_all: int, days_since_target: float | None, last_on_target: bool, knn: np.ndarray,
+                  knn_target: np.ndarray) -> np.ndarray:
     """[n_candidates, len(SCORER_EXTRAS)] float32, in SCORER_EXTRAS order."""
     c = len(dot)
     out = np.empty((c, len(SCORER_EXTRAS)), dtype=np.float32)
@@ -131,4 +132,5 @@ def scorer_extras(dot: np.ndarray, popularity: np.ndarray, max_popularity: float
     out[:, 5] = 0.0 if days_since_target is None else np.log1p(max(days_since_target, 0.0)) / 10.0
     out[:, 6] = float(last_on_target)
     out[:, 7] = np.log1p(np.maximum(knn, 0.0))
+    out[:, 8] = np.log1p(np.maximum(knn_target, 0.0))
     return out

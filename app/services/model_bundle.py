@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from app.core.bundle import BundleError, Manifest, read_manifest, salt_fingerprint, verify_files
 from app.core.config import Settings
+from app.core.features import SCORER_EXTRAS
 from app.services.onnx import active_provider, make_session, select_providers
 from app.services.ranking import Models
 from app.services.retrieval import Catalog, IndexParams
@@ -149,6 +150,9 @@ def _load(path: Path, settings: Settings) -> LoadedBundle:
     catalog = Catalog.build(item_ids, item_platform, items.column("title").to_pylist(), vectors, popularity,
                             len(manifest.platforms), params)
 
+    if manifest.scorer_extras != list(SCORER_EXTRAS):
+        raise BundleError(f"manifest.json: the scorer was trained on features {manifest.scorer_extras}, this "
+                          f"service computes {list(SCORER_EXTRAS)}: re-export the model with this version")
     knn = np.load(path / "knn.npz")
     knn_index, knn_weight = knn["index"].astype(np.int64), knn["weight"].astype(np.float32)
     if knn_index.shape[0] != len(item_ids):

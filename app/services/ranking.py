@@ -119,11 +119,13 @@ def candidate_extras(models: Models, catalog: Catalog, history: History, target:
     last_ts = int(history.ts[on_target].max()) if on_target.any() else None
     rows = np.asarray(item_rows, dtype=np.int64)
     knn = knn_lookup(history_knn(models, history) if knn is None else knn, rows)
+    knn_target = knn_lookup(knn_dense(history.rows[on_target], models.knn_index, models.knn_weight,
+                                      models.max_history, models.knn_decay), rows)
     popularity = np.where(rows >= 0, catalog.popularity[np.maximum(rows, 0)], 0.0)
     return scorer_extras(item_vecs @ user_vec, popularity, catalog.max_popularity[target],
                          int(on_target.sum()), len(history),
                          None if last_ts is None else (now - last_ts) / 86400.0,
-                         bool(len(history) and history.platforms[-1] == target), knn)
+                         bool(len(history) and history.platforms[-1] == target), knn, knn_target)
 
 
 def score(models: Models, user_vecs: np.ndarray, item_vecs: np.ndarray, extras: np.ndarray) -> np.ndarray:

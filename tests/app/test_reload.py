@@ -66,6 +66,13 @@ def test_a_bad_bundle_is_refused_and_the_old_one_keeps_serving(client: TestClien
     (wrong_salt / "manifest.json").write_text(json.dumps(manifest))
     r = client.post("/v1/admin/reload", json={"bundle_dir": str(wrong_salt)}, headers=AUTH)
     assert r.status_code == 422 and "salt" in r.json()["detail"]
+    older = tmp_path / "older"  # a bundle whose scorer was trained on another feature list
+    shutil.copytree(bundle_dir, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    manifest["scorer_extras"] = manifest["scorer_extras"][:-1]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    r = client.post("/v1/admin/reload", json={"bundle_dir": str(older)}, headers=AUTH)
+    assert r.status_code == 422 and "re-export" in r.json()["detail"]
     assert client.post("/v1/admin/reload", json={"bundle_dir": str(tmp_path / "nothing")},
                        headers=AUTH).status_code == 422
     # Unverified (XREC_VERIFY_BUNDLE=false), a corrupt model still fails the load, not the service.
@@ -74,4 +81,4 @@ def test_a_bad_bundle_is_refused_and_the_old_one_keeps_serving(client: TestClien
     assert r.status_code == 422 and "scorer.onnx" in r.json()["detail"]
     ok = client.post("/v1/recommend", json={"person_id": person_id("bob"), "platform": "grocery"})
     assert ok.status_code == 200 and ok.json()["model_version"] == "tiny-0"
-    assert 'xrec_bundle_reloads_total{result="failed"} 4' in client.get("/metrics").text
+    assert 'xrec_bundle_reloads_total{result="failed"} 5' in client.get("/metrics").text

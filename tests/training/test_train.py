@@ -73,8 +73,9 @@ def test_held_out_scorer_events_are_never_two_tower_targets(demo_ds):
 
 def test_target_only_splits_history_per_platform(demo_ds):
     tl = load_dataset(demo_ds).timelines
-    t = target_only(tl)
+    t, order = target_only(tl)
     assert len(t.items) == len(tl.items) and len(t) >= len(tl)
+    assert (t.items == tl.items[order]).all() and (t.ts == tl.ts[order]).all()
     for p in range(len(t)):
         assert len(np.unique(t.platforms[t.span(p)])) == 1
 
