@@ -98,23 +98,44 @@ class Ranker:
                              bool(len(q.platforms) and q.platforms[-1] == q.platform), knn, knn_target)
 
     @torch.no_grad()
-    def final(self, queries: Sequence[Query]) -> list[np.ndarray]:
-        """Scores over each platform's items: re-ranked candidates first, the rest by retrieval."""
-        assert self.scorer is not None
-        self.scorer.eval()
+    def prepare(self, queries: Sequence[Query]) -> list[Prepared]:
+        """Everything `final` needs but the scorer: fixed while the scorer trains, so computed once."""
         u = user_vectors(self.model, self.item_vecs, queries)
         out = []
         for i, q in enumerate(queries):
-            cand = self.platform_items[q.platform]
-            scores = self.item_vecs[cand] @ u[i]
+            scores = self.item_vecs[self.platform_items[q.platform]] @ u[i]
             rows, knn = self.candidates_for(q, scores)
-            ex = self.extras(q, u[i], rows, knn)
-            s = self.scorer(torch.from_numpy(np.repeat(u[i][None], len(rows), 0)),
-                            torch.from_numpy(self.item_vecs[rows]), torch.from_numpy(ex)).numpy()
-            final = scores + OUTSIDE_CANDIDATES
-            final[np.searchsorted(cand, rows)] = s
+            out.append(Prepared(q.platform, u[i], scores, rows, self.extras(q, u[i], rows, knn)))
+        return out
+
+    @torch.no_grad()
+    def rescore(self, prepared: Sequence[Prepared]) -> list[np.ndarray]:
+        """`final` from `prepare`d queries: the scorer over the candidates, the rest by retrieval below them."""
+        assert self.scorer is not None
+        self.scorer.eval()
+        out = []
+        for p in prepared:
+            s = self.scorer(torch.from_numpy(np.repeat(p.user[None], len(p.rows), 0)),
+                            torch.from_numpy(self.item_vecs[p.rows]), torch.from_numpy(p.extras)).numpy()
+            final = p.retrieval + OUTSIDE_CANDIDATES
+            final[np.searchsorted(self.platform_items[p.platform], p.rows)] = s
             out.append(final)
         return out
+
+    def final(self, queries: Sequence[Query]) -> list[np.ndarray]:
+        """Scores over each platform's items: re-ranked candidates first, the rest by retrieval."""
+        return self.rescore(self.prepare(queries))
+
+
+@dataclass
+class Prepared:
+    """One query's scorer inputs (see `Ranker.prepare`)."""
+
+    platform: int
+    user: np.ndarray  # [D]
+    retrieval: np.ndarray  # retrieval scores over the platform's items
+    rows: np.ndarray  # candidate item rows
+    extras: np.ndarray  # [len(rows), E]
 
 
 def checkpoint_ranker(model: TwoTower, scorer: Scorer | None, ckpt: dict, ds: Dataset, text_vecs: np.ndarray

@@ -322,6 +322,7 @@ def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: 
     console.print(f"scorer: {len(y):,} of {len(train_q):,} held-out targets are among the candidates "
                   f"(retrieval's top {cfg.candidates}{knn_part})")
     base = metrics_from_ranks(ranks(ranker.ds, valid, ranker.retrieval))
+    prepared = ranker.prepare(valid)  # the valid queries' candidates and features: fixed while the scorer trains
     opt = torch.optim.AdamW(scorer.parameters(), lr=cfg.scorer_lr, weight_decay=1e-3)
     rng = np.random.default_rng(cfg.seed)
     # The untrained scorer ranks exactly as retrieval does: it stays so unless training beats retrieval on valid.
@@ -342,7 +343,7 @@ def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: 
             loss.backward()
             opt.step()
             total += loss.item() * b
-        m = metrics_from_ranks(ranks(ranker.ds, valid, ranker.final))
+        m = metrics_from_ranks(ranks(ranker.ds, valid, lambda _: ranker.rescore(prepared), batch=len(valid)))
         history.append({"epoch": epoch + 1, "loss": total / q, "valid_ndcg@10": m["ndcg@10"]})
         console.print(f"scorer epoch {epoch + 1}: loss {total / q:.4f}  valid NDCG@10 {m['ndcg@10']:.4f} "
                       f"(retrieval alone {base['ndcg@10']:.4f})")
