@@ -1,0 +1,46 @@
+"""Re-train only the re-ranking scorer of a checkpoint under other candidate settings; print valid figures.
+
+    .venv/bin/python scripts/scorer_sweep.py runs/fk-model/checkpoint.pt 100,0 100,50 100,100
+
+Each argument is RETRIEVAL,KNN: retrieval's top RETRIEVAL plus up to KNN item-KNN candidates. The two-tower
+and the item-KNN table stay as trained; the scorer's held-out queries are the ones training used. Valid only:
+this is how `knn_candidates` of the default profile was chosen. The checkpoint is not modified.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from app.core.features import SCORER_EXTRAS
+from training.evaluate import evaluate_models, make_queries
+from training.report import model_rankers
+from training.train import TrainConfig, _queries_for, holdout_last_events, train_scorer
+
+
+def main(checkpoint: Path, specs: list[str]) -> None:
+    cfg = TrainConfig.model_validate(torch.load(checkpoint, map_location="cpu", weights_only=False)["train_config"])
+    ds, ranker = model_rankers(checkpoint)
+    ranker.model.cfg.scorer_extras = len(SCORER_EXTRAS)  # the features of this code version
+    train_q = _queries_for(ds.timelines, holdout_last_events(ds.timelines, cfg.scorer_extra_holdout, cfg.seed))
+    valid = make_queries(ds, "valid")
+
+    for spec in specs:
+        ranker.candidates, ranker.knn_candidates = (int(x) for x in spec.split(","))
+        log = train_scorer(ranker, train_q, valid, cfg, Console(stderr=True, quiet=True))
+        res = evaluate_models(ds, {"final": ranker.final}, "valid", protocols=("full", "new_to_platform"),
+                              log=lambda _: None)["final"]
+        full, bk = res["full"]["overall"], res["full"]["bucket"]
+        print(f"retrieval {ranker.candidates} + knn {ranker.knn_candidates}: {log['train_examples']:,} scorer "
+              f"examples; valid NDCG@10 {full['ndcg@10']:.4f} Recall@10 {full['recall@10']:.4f} "
+              f"1-2 bucket NDCG@10 {bk['1-2'].get('ndcg@10', 0):.4f} "
+              f"new-to-platform NDCG@10 {res['new_to_platform']['overall']['ndcg@10']:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    main(Path(sys.argv[1]), sys.argv[2:])
