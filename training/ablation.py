@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from training.evaluate import BUCKETS, ScoreFn, evaluate_models, write_results
+import numpy as np
+
+from training.evaluate import BUCKETS, ScoreFn, bootstrap_ratio, evaluate_models, ndcg_per_query, write_results
 from training.report import model_rankers
 from training.train import TrainConfig, restrict_to_target, train
 
 
 def transfer_ablation(cfg: TrainConfig, out: Path, cross_checkpoint: Path | None = None, split: str = "test",
-                      log: Callable[[str], None] = print) -> dict[str, dict]:
-    ckpts = {"cross-platform": cross_checkpoint}
+                      log: Callable[[str], None] = print, target_checkpoint: Path | None = None) -> dict[str, dict]:
+    ckpts = {"cross-platform": cross_checkpoint, "target-only": target_checkpoint}
     for name, history in (("cross-platform", "all"), ("target-only", "target-only")):
         if ckpts.get(name) is None:
             ckpts[name] = train(cfg.model_copy(update={"history": history, "out": out / name}))
@@ -39,8 +41,23 @@ def transfer_ablation(cfg: TrainConfig, out: Path, cross_checkpoint: Path | None
     a = results["cross-platform"]["full"]["bucket"]["1-2"].get("ndcg@10", 0.0)
     b = results["target-only"]["full"]["bucket"]["1-2"].get("ndcg@10", 0.0)
     lines.append("")
-    lines.append(f"1–2 bucket: cross-platform / target-only = {a / b:.2f}×" if b else "1–2 bucket: target-only is 0")
+    if b:
+        lo, hi = bucket_ratio_interval(results, "1-2")
+        lines.append(f"1–2 bucket: cross-platform / target-only = {a / b:.2f}× (paired bootstrap 95% interval "
+                     f"{lo:.2f}–{hi:.2f}×)")
+    else:
+        lines.append("1–2 bucket: target-only is 0")
     (out / f"transfer-{split}.md").write_text("NDCG@10, full ranking, by events on the target platform\n\n"
                                               + "\n".join(lines) + "\n")
     log("\n".join(lines))
     return results
+
+
+def bucket_ratio_interval(results: dict[str, dict], bucket: str) -> tuple[float, float]:
+    """Paired bootstrap interval of cross-platform / target-only NDCG@10 on one history bucket's queries."""
+    lo, hi = next(b[:2] for b in BUCKETS if b[2] == bucket)
+    per = {name: results[name]["full"]["per_query"] for name in ("cross-platform", "target-only")}
+    hist = np.array(per["cross-platform"]["target_history"])
+    sel = (hist >= lo) & (hist <= hi)
+    a, b = (ndcg_per_query(np.array(per[name]["rank"])[sel], 10) for name in ("cross-platform", "target-only"))
+    return bootstrap_ratio(a, b)

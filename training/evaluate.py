@@ -112,9 +112,25 @@ def metrics_from_ranks(r: np.ndarray) -> dict[str, float]:
     for k in KS_RECALL:
         m[f"recall@{k}"] = float(np.mean(r < k))
     for k in KS_NDCG:
-        m[f"ndcg@{k}"] = float(np.mean(np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)))
+        m[f"ndcg@{k}"] = float(np.mean(ndcg_per_query(r, k)))
     m["mrr"] = float(np.mean(1.0 / (r + 1.0)))
     return m
+
+
+def ndcg_per_query(r: np.ndarray, k: int) -> np.ndarray:
+    """NDCG@k of each query from its target's 0-based rank (one relevant item)."""
+    r = np.asarray(r)
+    return np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)
+
+
+def bootstrap_ratio(a: np.ndarray, b: np.ndarray, n: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean(a) / mean(b) over paired resamples of the same queries (a, b: per-query values)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n, len(a)))
+    num, den = np.asarray(a)[idx].mean(axis=1), np.asarray(b)[idx].mean(axis=1)
+    ratios = num[den > 0] / den[den > 0]
+    lo, hi = np.percentile(ratios, [2.5, 97.5]) if len(ratios) else (float("nan"), float("nan"))
+    return float(lo), float(hi)
 
 
 def sampled_metrics(r: np.ndarray) -> dict[str, float]:
@@ -153,7 +169,10 @@ def evaluate_models(ds: Dataset, models: dict[str, ScoreFn], split: str,
                 res[proto] = {"overall": sampled_metrics(sampled_ranks(ds, qs, fn))}
             else:
                 r = ranks(ds, qs, fn)
-                res[proto] = {"overall": metrics_from_ranks(r), **breakdown(ds, qs, r)}
+                # Per-query ranks too: paired comparisons (bootstrap intervals) between models need them.
+                res[proto] = {"overall": metrics_from_ranks(r), **breakdown(ds, qs, r),
+                              "per_query": {"rank": r.tolist(),
+                                            "target_history": [int(np.sum(q.platforms == q.platform)) for q in qs]}}
         out[name] = res
         f = res.get("full", {}).get("overall", {})
         n = res.get("new_to_platform", {}).get("overall", {})

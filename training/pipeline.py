@@ -46,7 +46,8 @@ def user_vectors(model: TwoTower, item_vecs: np.ndarray, queries: Sequence[Query
 
 @dataclass
 class Ranker:
-    """Two-tower retrieval, optionally re-ranked by the scorer over the top `candidates`."""
+    """Two-tower retrieval, optionally re-ranked by the scorer over retrieval's top `candidates` plus up to
+    `knn_candidates` items by item-KNN co-occurrence with the history."""
 
     model: TwoTower
     ds: Dataset

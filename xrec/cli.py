@@ -150,6 +150,7 @@ def ablate_cmd(
     config: Annotated[Path, typer.Argument(help="training profile (TOML)")],
     out: Annotated[Path, typer.Option(help="folder for both runs and the comparison")] = Path("runs/ablation"),
     cross_checkpoint: Annotated[Path | None, typer.Option(help="reuse a cross-platform checkpoint")] = None,
+    target_checkpoint: Annotated[Path | None, typer.Option(help="reuse a target-only checkpoint")] = None,
     split: Annotated[str, typer.Option(help="valid | test")] = "test",
 ) -> None:
     """Transfer ablation: cross-platform history vs target-platform-only history, per history bucket."""
@@ -157,7 +158,7 @@ def ablate_cmd(
     from training.train import TrainConfig
 
     cfg = TrainConfig.from_toml(config)
-    transfer_ablation(cfg, out, cross_checkpoint, split, log=err.print)
+    transfer_ablation(cfg, out, cross_checkpoint, split, log=err.print, target_checkpoint=target_checkpoint)
     err.print(f"table: {out / f'transfer-{split}.md'}")
 
 

@@ -1,6 +1,14 @@
 import numpy as np
 
-from training.evaluate import Query, bucket_of, metrics_from_ranks, ranks, sampled_metrics
+from training.evaluate import (
+    Query,
+    bootstrap_ratio,
+    bucket_of,
+    metrics_from_ranks,
+    ndcg_per_query,
+    ranks,
+    sampled_metrics,
+)
 from training.sequences import Dataset, Targets, Timelines
 
 
@@ -38,3 +46,15 @@ def test_rank_excludes_seen_items_but_never_the_target_and_counts_ties_against_i
     # a target the person has seen before stays rankable
     q2 = Query(0, 0, np.array([0, 3]), np.array([0, 0]), np.array([1, 2]), 10, target=3)
     assert ranks(ds, [q2], lambda qs: [np.array([9.0, 8.0, 0.4, 0.5])]).tolist() == [1]
+
+
+def test_per_query_ndcg_and_the_paired_bootstrap_interval():
+    assert np.allclose(ndcg_per_query(np.array([0, 1, 9, 10]), 10), [1.0, 1 / np.log2(3), 1 / np.log2(11), 0.0])
+    # a is exactly twice b on every query: every resample has ratio 2.
+    b = np.array([0.1, 0.5, 0.2, 0.0, 0.3])
+    assert np.allclose(bootstrap_ratio(2 * b, b, n=200), (2.0, 2.0))
+    # Noisy pairs: the interval contains the full-sample ratio and has width.
+    rng = np.random.default_rng(1)
+    a, b = rng.random(200), rng.random(200)
+    lo, hi = bootstrap_ratio(a, b, n=2000)
+    assert lo < a.mean() / b.mean() < hi and hi - lo > 0.05
