@@ -9,6 +9,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import numpy as np
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -59,16 +61,18 @@ class LRU(Generic[K, V]):
 class RankedEntry:
     """A person's re-ranked candidates for one platform, ready to send.
 
-    `fragments[i]` is the JSON of result i (item, title, score, reasons). `candidates` is every item the
-    retrieval fetched: a request's excluded items that are not among them cannot change the ranking, so
-    such a request is still answered from here (exactly as a fresh computation would answer it).
+    `fragments[i]` is the JSON of result i (item, title, score, reasons). `candidate_rows` is every item
+    the ranking re-ranked (sorted catalog rows of `catalog_version`): a request's excluded items that are not
+    among them cannot change the ranking, so such a request is still answered from here (exactly as a fresh
+    computation would answer it). Rows in an array, not ids in a set: thousands of entries stay cheap for
+    the garbage collector to walk.
     """
 
     catalog_version: int
     profile_seq: int
     item_ids: tuple[str, ...]
     fragments: tuple[bytes, ...]
-    candidates: frozenset[str]
+    candidate_rows: np.ndarray
     cold_start: bool
     complete: bool  # the fragments cover every result there was (a shorter answer is the whole answer)
 

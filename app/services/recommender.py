@@ -36,6 +36,8 @@ from app.services.ranking import (
 from app.services.redis_store import RedisGuard
 from app.services.retrieval import Catalog
 
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
 
 @dataclass(frozen=True)
 class Ask:
@@ -116,7 +118,7 @@ class Recommender:
         if not ask.cacheable or ask.k > bundle.models.retrieval_candidates:
             return None
         entry = self.cache.get(self.key(bundle, ask), bundle.catalog.version)
-        if entry is None or (ask.exclude_ids and not ask.exclude_ids.isdisjoint(entry.candidates)):
+        if entry is None or (ask.exclude_ids and _among(bundle.catalog, ask.exclude_ids, entry.candidate_rows)):
             return None
         frags = _take(entry, ask.exclude_ids, ask.k)
         if frags is None:
@@ -144,7 +146,7 @@ class Recommender:
             base = popular(catalog, ask.target, depth)
             frags = self._fragments(bundle, catalog, history, base)
             entry = RankedEntry(catalog.version, profile.seq, _ids(catalog, base.rows), tuple(frags),
-                                frozenset(), True, len(base.rows) < depth)
+                                _NO_ROWS, True, len(base.rows) < depth)
             if cache_it:
                 self.cache.put(self.key(bundle, ask), entry, since)
             return Answer(_take(entry, ask.exclude_ids, ask.k) or [], True, state, base)
@@ -157,9 +159,9 @@ class Recommender:
             top = Ranked(base.rows[:depth], base.scores[:depth], base.candidates)
             entry = RankedEntry(catalog.version, profile.seq, _ids(catalog, top.rows),
                                 tuple(self._fragments(bundle, catalog, history, top)),
-                                frozenset(_ids(catalog, base.candidates)), cold, len(base.rows) <= depth)
+                                np.sort(base.candidates), cold, len(base.rows) <= depth)
             self.cache.put(self.key(bundle, ask), entry, since)
-            if ask.exclude_ids.isdisjoint(entry.candidates):
+            if not np.isin(exclude_rows, entry.candidate_rows).any():
                 return Answer(_take(entry, ask.exclude_ids, ask.k) or [], cold, state, base)
         ranked = rank(models, catalog, [Query(history, ask.target, now, ask.exclude_seen, exclude_rows)],
                       uv, n)[0]
@@ -323,6 +325,15 @@ def _ids(catalog: Catalog, rows: np.ndarray) -> tuple[str, ...]:
 def _live_rows(catalog: Catalog, item_ids: frozenset[str]) -> np.ndarray:
     rows = catalog.rows_of(list(item_ids))
     return rows[rows >= 0]
+
+
+def _among(catalog: Catalog, item_ids: frozenset[str], sorted_rows: np.ndarray) -> bool:
+    """Whether any of these items is one of the (sorted) rows."""
+    rows = _live_rows(catalog, item_ids)
+    if len(rows) == 0 or len(sorted_rows) == 0:
+        return False
+    pos = np.minimum(np.searchsorted(sorted_rows, rows), len(sorted_rows) - 1)
+    return bool((sorted_rows[pos] == rows).any())
 
 
 def _take(entry: RankedEntry, exclude: frozenset[str], k: int) -> list[bytes] | None:

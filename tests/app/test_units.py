@@ -121,7 +121,7 @@ def test_lru_and_ranked_cache_invalidation_race() -> None:
     lru.put("c", 3)
     assert lru.get("b") is None and lru.get("a") == 1
     cache = RankedCache(10, ttl=60)
-    entry = RankedEntry(0, 0, ("x",), (b"{}",), frozenset({"x"}), False, True)
+    entry = RankedEntry(0, 0, ("x",), (b"{}",), np.array([0]), False, True)
     since = cache.epoch()
     cache.invalidate_person("v", "p1", 2)  # an event arrives while the list is being computed
     cache.put(("v", "p1", 0, True), entry, since)
