@@ -18,14 +18,17 @@ from rich.console import Console
 from app.core.features import SCORER_EXTRAS
 from training.evaluate import evaluate_models, make_queries
 from training.report import model_rankers
-from training.train import TrainConfig, _queries_for, holdout_last_events, train_scorer
+from training.train import TrainConfig, holdout_last_events, scorer_queries, train_scorer
 
 
 def main(checkpoint: Path, specs: list[str]) -> None:
     cfg = TrainConfig.model_validate(torch.load(checkpoint, map_location="cpu", weights_only=False)["train_config"])
+    if cfg.history != "all":  # its valid queries and item-KNN table are built differently (see training.train)
+        sys.exit(f"{checkpoint}: a {cfg.history} ablation checkpoint; this sweep handles fused-history ones only")
     ds, ranker = model_rankers(checkpoint)
     ranker.model.cfg.scorer_extras = len(SCORER_EXTRAS)  # the features of this code version
-    train_q = _queries_for(ds.timelines, holdout_last_events(ds.timelines, cfg.scorer_extra_holdout, cfg.seed))
+    held = holdout_last_events(ds.timelines, cfg.scorer_extra_holdout, cfg.seed)
+    train_q = scorer_queries(ds.timelines, held, cfg.history)
     valid = make_queries(ds, "valid")
 
     for spec in specs:

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from training.evaluate import BUCKETS, ScoreFn, bootstrap_ratio, evaluate_models, ndcg_per_query, write_results
+from training.evaluate import (
+    BUCKETS,
+    ScoreFn,
+    bootstrap_ratio,
+    bucket_of,
+    evaluate_models,
+    ndcg_per_query,
+    write_results,
+)
 from training.report import model_rankers
 from training.train import TrainConfig, restrict_to_target, train
 
@@ -55,9 +63,7 @@ def transfer_ablation(cfg: TrainConfig, out: Path, cross_checkpoint: Path | None
 
 def bucket_ratio_interval(results: dict[str, dict], bucket: str) -> tuple[float, float]:
     """Paired bootstrap interval of cross-platform / target-only NDCG@10 on one history bucket's queries."""
-    lo, hi = next(b[:2] for b in BUCKETS if b[2] == bucket)
     per = {name: results[name]["full"]["per_query"] for name in ("cross-platform", "target-only")}
-    hist = np.array(per["cross-platform"]["target_history"])
-    sel = (hist >= lo) & (hist <= hi)
+    sel = np.array([bucket_of(n) == bucket for n in per["cross-platform"]["target_history"]])
     a, b = (ndcg_per_query(np.array(per[name]["rank"])[sel], 10) for name in ("cross-platform", "target-only"))
     return bootstrap_ratio(a, b)

@@ -139,13 +139,18 @@ def sampled_metrics(r: np.ndarray) -> dict[str, float]:
             "ndcg@10": float(np.mean(np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0)))}
 
 
-def breakdown(ds: Dataset, queries: Sequence[Query], r: np.ndarray) -> dict[str, dict[str, dict[str, float]]]:
-    """Metrics per platform and per bucket of history length on the target platform."""
+def target_history(queries: Sequence[Query]) -> np.ndarray:
+    """Each query's number of history events on its target platform (what the buckets count)."""
+    return np.array([int(np.sum(q.platforms == q.platform)) for q in queries], dtype=np.int64)
+
+
+def breakdown(ds: Dataset, queries: Sequence[Query], r: np.ndarray, n_target: np.ndarray
+              ) -> dict[str, dict[str, dict[str, float]]]:
+    """Metrics per platform and per bucket of history length on the target platform (`target_history`)."""
     by_platform = {}
     for p, name in enumerate(ds.platforms):
         sel = np.array([q.platform == p for q in queries], dtype=bool)
         by_platform[name] = metrics_from_ranks(r[sel])
-    n_target = np.array([int(np.sum(q.platforms == q.platform)) for q in queries])
     by_bucket = {}
     for lo, hi, name in BUCKETS:
         sel = (n_target >= lo) & (n_target <= hi)
@@ -168,11 +173,10 @@ def evaluate_models(ds: Dataset, models: dict[str, ScoreFn], split: str,
             if proto == "sampled":
                 res[proto] = {"overall": sampled_metrics(sampled_ranks(ds, qs, fn))}
             else:
-                r = ranks(ds, qs, fn)
+                r, n_target = ranks(ds, qs, fn), target_history(qs)
                 # Per-query ranks too: paired comparisons (bootstrap intervals) between models need them.
-                res[proto] = {"overall": metrics_from_ranks(r), **breakdown(ds, qs, r),
-                              "per_query": {"rank": r.tolist(),
-                                            "target_history": [int(np.sum(q.platforms == q.platform)) for q in qs]}}
+                res[proto] = {"overall": metrics_from_ranks(r), **breakdown(ds, qs, r, n_target),
+                              "per_query": {"rank": r.tolist(), "target_history": n_target.tolist()}}
         out[name] = res
         f = res.get("full", {}).get("overall", {})
         n = res.get("new_to_platform", {}).get("overall", {})

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.core.features import SCORER_EXTRAS
+
 
 @dataclass
 class ModelConfig:
@@ -34,7 +36,7 @@ class ModelConfig:
     lora_r: int = 8  # lora mode
     text_max_length: int = 32
     text_model: str | None = None  # a local transformer folder; None = MiniLM from its package
-    scorer_extras: int = 8
+    scorer_extras: int = len(SCORER_EXTRAS)
     scorer_hidden: int = 64
 
     def to_dict(self) -> dict:

@@ -68,8 +68,8 @@ class Ranker:
         u = user_vectors(self.model, self.item_vecs, queries)
         return [self.item_vecs[self.platform_items[q.platform]] @ u[i] for i, q in enumerate(queries)]
 
-    def _knn(self, q: Query) -> np.ndarray:
-        return knn_dense(q.items, self.knn_index, self.knn_weight, self.model.cfg.max_history, self.knn_decay)
+    def _knn(self, items: np.ndarray) -> np.ndarray:
+        return knn_dense(items, self.knn_index, self.knn_weight, self.model.cfg.max_history, self.knn_decay)
 
     def candidates_for(self, q: Query, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(item rows, their knn scores) to re-rank: retrieval's top `candidates` over the platform's items
@@ -81,7 +81,7 @@ class Ranker:
         k = min(self.candidates, len(s) - 1)
         top = np.argpartition(-s, k)[:k]
         rows = cand[top[np.argsort(-s[top])]]
-        dense = self._knn(q)
+        dense = self._knn(q.items)
         if self.knn_candidates:
             more = knn_candidates(dense, self.knn_candidates, self.ds.item_platform, q.platform,
                                   np.concatenate([q.items, rows]))
@@ -91,8 +91,7 @@ class Ranker:
     def extras(self, q: Query, u: np.ndarray, rows: np.ndarray, knn: np.ndarray) -> np.ndarray:
         on_target = q.platforms == q.platform
         last_ts = q.ts[on_target].max() if on_target.any() else None
-        knn_target = knn_lookup(knn_dense(q.items[on_target], self.knn_index, self.knn_weight,
-                                          self.model.cfg.max_history, self.knn_decay), rows)
+        knn_target = knn_lookup(self._knn(q.items[on_target]), rows)
         return scorer_extras(self.item_vecs[rows] @ u, self.popularity[rows], self.max_pop[q.platform],
                              int(on_target.sum()), len(q.items),
                              None if last_ts is None else (q.now - last_ts) / 86400.0,

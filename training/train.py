@@ -27,7 +27,6 @@ from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from app.core.features import SCORER_EXTRAS
 from training.baselines.itemknn import build_neighbours
 from training.evaluate import Query, make_queries, metrics_from_ranks, ranks
 from training.finetune import TextTower
@@ -118,6 +117,13 @@ def holdout_last_events(tl: Timelines, extra: int = 0, seed: int = 0) -> np.ndar
     rng = np.random.default_rng(seed)
     chosen = rng.choice(single, size=min(extra, len(single)), replace=False) if extra and single else []
     return np.sort(np.array([*multi, *chosen], dtype=np.int64))
+
+
+def scorer_queries(tl: Timelines, held: np.ndarray, history: str) -> list[Query]:
+    """The scorer's training queries: each held-out event with the history before it (on its own platform
+    only, for the target-only ablation arm)."""
+    qs = _queries_for(tl, held)
+    return restrict_to_target(qs) if history == "target-only" else qs
 
 
 def _queries_for(tl: Timelines, events: np.ndarray) -> list[Query]:
@@ -381,7 +387,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Path:
                             unfreeze_layers=cfg.unfreeze_layers, lora_r=cfg.lora_r,
                             text_max_length=cfg.text_max_length,
                             text_model=str(cfg.text_model) if cfg.text_model else None,
-                            text_dim=text_dim(cfg.text_model), scorer_extras=len(SCORER_EXTRAS))
+                            text_dim=text_dim(cfg.text_model))
     text = TextTower(ds, model_cfg, cfg.text_cache, console)
     model = TwoTower(model_cfg)
     # A batch brings about (targets + history) ≈ 2 × 8 items per window.
@@ -409,10 +415,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Path:
     ranker = Ranker(model, ds, vecs, popularity, knn_index, knn_weight, cfg.knn_decay, candidates=cfg.candidates,
                     knn_candidates=cfg.knn_candidates)
     if cfg.scorer and len(held):
-        train_q = _queries_for(tl, held)
-        if cfg.history == "target-only":
-            train_q = restrict_to_target(train_q)
-        log["scorer"] = train_scorer(ranker, train_q, valid, cfg, console)
+        log["scorer"] = train_scorer(ranker, scorer_queries(tl, held, cfg.history), valid, cfg, console)
     log["minutes"] = round((time.perf_counter() - started) / 60, 2)
 
     cfg.out.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,7 @@ class RankedEntry:
     """A person's re-ranked candidates for one platform, ready to send.
 
     `fragments[i]` is the JSON of result i (item, title, score, reasons). `candidate_rows` is every item
-    the ranking re-ranked (sorted catalog rows of `catalog_version`): a request's excluded items that are not
+    the ranking re-ranked (catalog rows of `catalog_version`): a request's excluded items that are not
     among them cannot change the ranking, so such a request is still answered from here (exactly as a fresh
     computation would answer it). Rows in an array, not ids in a set: thousands of entries stay cheap for
     the garbage collector to walk.

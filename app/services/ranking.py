@@ -105,22 +105,21 @@ def user_vectors(models: Models, catalog: Catalog, histories: Sequence[History],
     return models.user_encoder.run(None, feed)[0].astype(np.float32, copy=False)
 
 
-def history_knn(models: Models, history: History) -> np.ndarray:
-    """`features.knn_dense` of a history: item-KNN scores of every item row the bundle's table knows."""
-    return knn_dense(history.rows, models.knn_index, models.knn_weight, models.max_history, models.knn_decay)
+def history_knn(models: Models, rows: np.ndarray) -> np.ndarray:
+    """`features.knn_dense` of history item rows: item-KNN scores of every item row the bundle's table knows."""
+    return knn_dense(rows, models.knn_index, models.knn_weight, models.max_history, models.knn_decay)
 
 
 def candidate_extras(models: Models, catalog: Catalog, history: History, target: int, now: float,
                      user_vec: np.ndarray, item_vecs: np.ndarray, item_rows: np.ndarray,
                      knn: np.ndarray | None = None) -> np.ndarray:
     """Scorer features [C, E] for candidates given by vector (and table row, -1 for items not in it).
-    `knn`: the history's `history_knn`, when the caller has it already."""
+    `knn`: `history_knn` of the whole history, when the caller has it already."""
     on_target = history.platforms == target
     last_ts = int(history.ts[on_target].max()) if on_target.any() else None
     rows = np.asarray(item_rows, dtype=np.int64)
-    knn = knn_lookup(history_knn(models, history) if knn is None else knn, rows)
-    knn_target = knn_lookup(knn_dense(history.rows[on_target], models.knn_index, models.knn_weight,
-                                      models.max_history, models.knn_decay), rows)
+    knn = knn_lookup(history_knn(models, history.rows) if knn is None else knn, rows)
+    knn_target = knn_lookup(history_knn(models, history.rows[on_target]), rows)
     popularity = np.where(rows >= 0, catalog.popularity[np.maximum(rows, 0)], 0.0)
     return scorer_extras(item_vecs @ user_vec, popularity, catalog.max_popularity[target],
                          int(on_target.sum()), len(history),
@@ -172,7 +171,7 @@ def rank(models: Models, catalog: Catalog, queries: Sequence[Query], user_vecs: 
     for i, q in enumerate(queries):
         by_target.setdefault(q.target, []).append(i)
     cands: list[np.ndarray] = [_EMPTY] * len(queries)
-    knn = [history_knn(models, q.history) for q in queries]
+    knn = [history_knn(models, q.history.rows) for q in queries]
     for target, idx in by_target.items():
         excl = [np.concatenate([seen_rows(queries[i].history, target) if queries[i].exclude_seen else _EMPTY,
                                 queries[i].exclude]) for i in idx]

@@ -118,7 +118,8 @@ class Recommender:
         if not ask.cacheable or ask.k > bundle.models.retrieval_candidates:
             return None
         entry = self.cache.get(self.key(bundle, ask), bundle.catalog.version)
-        if entry is None or (ask.exclude_ids and _among(bundle.catalog, ask.exclude_ids, entry.candidate_rows)):
+        if entry is None or (ask.exclude_ids and _among(_live_rows(bundle.catalog, ask.exclude_ids),
+                                                         entry.candidate_rows)):
             return None
         frags = _take(entry, ask.exclude_ids, ask.k)
         if frags is None:
@@ -159,9 +160,9 @@ class Recommender:
             top = Ranked(base.rows[:depth], base.scores[:depth], base.candidates)
             entry = RankedEntry(catalog.version, profile.seq, _ids(catalog, top.rows),
                                 tuple(self._fragments(bundle, catalog, history, top)),
-                                np.sort(base.candidates), cold, len(base.rows) <= depth)
+                                base.candidates, cold, len(base.rows) <= depth)
             self.cache.put(self.key(bundle, ask), entry, since)
-            if not np.isin(exclude_rows, entry.candidate_rows).any():
+            if not _among(exclude_rows, entry.candidate_rows):
                 return Answer(_take(entry, ask.exclude_ids, ask.k) or [], cold, state, base)
         ranked = rank(models, catalog, [Query(history, ask.target, now, ask.exclude_seen, exclude_rows)],
                       uv, n)[0]
@@ -327,13 +328,9 @@ def _live_rows(catalog: Catalog, item_ids: frozenset[str]) -> np.ndarray:
     return rows[rows >= 0]
 
 
-def _among(catalog: Catalog, item_ids: frozenset[str], sorted_rows: np.ndarray) -> bool:
-    """Whether any of these items is one of the (sorted) rows."""
-    rows = _live_rows(catalog, item_ids)
-    if len(rows) == 0 or len(sorted_rows) == 0:
-        return False
-    pos = np.minimum(np.searchsorted(sorted_rows, rows), len(sorted_rows) - 1)
-    return bool((sorted_rows[pos] == rows).any())
+def _among(rows: np.ndarray, candidate_rows: np.ndarray) -> bool:
+    """Whether any of these catalog rows is one of an entry's candidates."""
+    return bool(np.isin(rows, candidate_rows).any())
 
 
 def _take(entry: RankedEntry, exclude: frozenset[str], k: int) -> list[bytes] | None:
