@@ -8,6 +8,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
+COPY contract ./contract
 COPY xrec ./xrec
 # `tokenizers` runs the item encoder's tokenizer; listed here until pyproject's base dependencies have it.
 RUN pip install . "tokenizers>=0.15"

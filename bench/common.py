@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from app.core.bundle import MANIFEST, salt_fingerprint, sha256_file
 from app.core.config import DEV_ID_SALT
+from contract.bundle import MANIFEST, salt_fingerprint, sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "runs" / "bench"

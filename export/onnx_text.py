@@ -1,6 +1,6 @@
 """ONNX export of the item-text encoder, its parity check, graph optimisation and quantised variants.
 
-Contract (`app.core.bundle`): input_ids int64 [B,T], attention_mask int64 [B,T], platform int64 [B]
+Contract (`contract.bundle`): input_ids int64 [B,T], attention_mask int64 [B,T], platform int64 [B]
 → item_vec float32 [B,D], unit rows. Batch and sequence axes are dynamic.
 
     export_text_encoder   module → fp32 ONNX, failing unless it matches PyTorch (cosine ≥ 0.9999, |Δ| ≤ 1e-4)
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from app.services.text_embedder import load_tokenizer, pad_batch
+from contract.text_inputs import load_tokenizer, pad_batch
 
 INPUTS = ("input_ids", "attention_mask", "platform")
 OUTPUT = "item_vec"

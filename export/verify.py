@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app.core.bundle import BundleError, read_manifest, verify_files
+from contract.bundle import BundleError, read_manifest, verify_files
 
 
 def _dummy_feeds(sess: ort.InferenceSession, manifest) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""`xrec export`: checkpoint + dataset → one versioned bundle (see `app.core.bundle` for the layout).
+"""`xrec export`: checkpoint + dataset → one versioned bundle (see `contract.bundle` for the layout).
 
 Every model is exported to ONNX and checked against PyTorch on real inputs; a failed check fails the export.
 Quantised item-encoder variants are measured (cosine to fp32, valid NDCG@10 of text-only retrieval) and
@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from app.core.bundle import Manifest, ModelFile, salt_fingerprint, write_manifest
-from app.core.features import N_TIME_BUCKETS, SCORER_EXTRAS, history_inputs
+from contract.bundle import Manifest, ModelFile, salt_fingerprint, write_manifest
+from contract.features import N_TIME_BUCKETS, SCORER_EXTRAS, history_inputs
 from export.onnx import SCORER_INPUTS, USER_INPUTS, export_scorer, export_user_encoder
 from export.onnx_text import PooledTextEncoder, compare_vectors, export_text_encoder, quantize_int8, to_fp16
 from training.data.build import atomic_dir

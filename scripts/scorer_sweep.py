@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from app.core.features import SCORER_EXTRAS
+from contract.features import SCORER_EXTRAS
 from training.evaluate import evaluate_models, make_queries
 from training.report import model_rankers
 from training.train import TrainConfig, holdout_last_events, scorer_queries, train_scorer

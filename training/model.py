@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.core.features import SCORER_EXTRAS
+from contract.features import SCORER_EXTRAS
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Retrieval + re-ranking for evaluation queries, with the trained torch model.
 
-Inputs are built by `app.core.features` exactly as the service builds them, so offline figures describe
+Inputs are built by `contract.features` exactly as the service builds them, so offline figures describe
 what the service does.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.core.features import history_inputs, knn_candidates, knn_dense, knn_lookup, scorer_extras
+from contract.features import history_inputs, knn_candidates, knn_dense, knn_lookup, scorer_extras
 from training.evaluate import Query
 from training.model import Scorer, TwoTower
 from training.sequences import Dataset

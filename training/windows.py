@@ -1,7 +1,7 @@
 """Training examples for the two-tower: windows of each person's timeline, every event a target.
 
 A window holds up to `max_history + 1` consecutive events of one person. Its events 0..m-1 are the input
-(right-aligned, as `app.core.features.history_inputs` lays out a history at serving time) and events 1..m
+(right-aligned, as `contract.features.history_inputs` lays out a history at serving time) and events 1..m
 are the targets: the output after slot t predicts event t + 1 from strictly earlier events. A person's very
 first event is a target too, for the empty-history query.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.core.features import time_buckets
+from contract.features import time_buckets
 from training.sequences import Timelines
 
 

@@ -1,4 +1,4 @@
-"""Load a bundle folder (layout: `app.core.bundle`) into what the service runs: sessions, tables, indexes.
+"""Load a bundle folder (layout: `contract.bundle`) into what the service runs: sessions, tables, indexes.
 
 Loading is all-or-nothing and touches no shared state, so /v1/admin/reload can load a new bundle while
 the old one keeps serving, then swap one reference.
@@ -19,13 +19,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from app.core.bundle import BundleError, Manifest, read_manifest, salt_fingerprint, verify_files
 from app.core.config import Settings
-from app.core.features import SCORER_EXTRAS
 from app.services.onnx import active_provider, make_session, select_providers
 from app.services.ranking import Models
 from app.services.retrieval import Catalog, IndexParams
 from app.services.text_embedder import TextEmbedder
+from contract.bundle import BundleError, Manifest, read_manifest, salt_fingerprint, verify_files
+from contract.features import SCORER_EXTRAS
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ the same ones, so the figures it reports describe exactly what the service does 
 A person with an empty history is answered with `popular(catalog, target, k)` instead (cold start).
 
 Steps (the semantics of `training.pipeline.Ranker.final`, with the bundle's ONNX models):
-1. user vector: user_encoder.onnx over `app.core.features.history_inputs` of the history;
+1. user vector: user_encoder.onnx over `contract.features.history_inputs` of the history;
 2. retrieval: the target platform's FAISS index, top `retrieval_candidates` by inner product, leaving out
    items the person has seen (if `exclude_seen`) and the request's excluded items; then up to
    `knn_candidates` more: the live items with the best item-KNN score given the history;
-3. re-rank: scorer.onnx over [user, item, extras] with `app.core.features.scorer_extras`; best first.
+3. re-rank: scorer.onnx over [user, item, extras] with `contract.features.scorer_extras`; best first.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from app.core.features import history_inputs, knn_candidates, knn_dense, knn_lookup, scorer_extras
 from app.services.retrieval import Catalog
+from contract.features import history_inputs, knn_candidates, knn_dense, knn_lookup, scorer_extras
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from app.core.config import Settings
-from app.core.ids import account_key, unlinked_person_key
 from app.core.metrics import Metrics
 from app.services.cache import LRU, RankedCache, RankedEntry, RankedKey
 from app.services.errors import InputError
@@ -35,6 +34,7 @@ from app.services.ranking import (
 )
 from app.services.redis_store import RedisGuard
 from app.services.retrieval import Catalog
+from contract.ids import account_key, unlinked_person_key
 
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 

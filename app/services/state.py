@@ -13,9 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.core.bundle import BundleError
 from app.core.config import Settings
-from app.core.ids import account_key
 from app.core.metrics import Metrics
 from app.services.bus import Bus
 from app.services.cache import RankedCache
@@ -26,6 +24,8 @@ from app.services.model_bundle import LoadedBundle, load_bundle
 from app.services.profiles import IngestOutcome, ProfileStore
 from app.services.recommender import Recommender
 from app.services.redis_store import Keys, RedisGuard, RedisUnavailable, make_client
+from contract.bundle import BundleError
+from contract.ids import account_key
 
 log = logging.getLogger(__name__)
 

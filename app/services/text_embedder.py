@@ -14,40 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
 
-TOKENIZER_FILE = "tokenizer.json"
+from contract.text_inputs import load_tokenizer, pad_batch
+
 # Most tokens in one padded batch. Past ~1k tokens the [tokens, 4·hidden] feed-forward activations outgrow
 # the per-core caches: with plain 64-title batches MiniLM ran at 2/3 of the speed it has with this cap (fp32
 # 113 vs 169 items/s, int8 309 vs 472, 2-core EPYC; 128 to 512 all measured alike). `batch_size` stays the
 # cap on titles per batch.
 MAX_BATCH_TOKENS = 512
-
-
-def load_tokenizer(tokenizer_dir: Path, max_length: int) -> Tokenizer:
-    """The fast (Rust) tokenizer from a Hugging Face tokenizer folder, truncating and not padding.
-
-    Hugging Face `tokenizer.json` files often carry a fixed padding length (MiniLM's pads to 128): that
-    padding is switched off here because batches are padded to their own longest text instead.
-    """
-    path = Path(tokenizer_dir) / TOKENIZER_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no tokenizer.json (the item encoder needs a fast tokenizer)")
-    tok = Tokenizer.from_file(str(path))
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_length)
-    return tok
-
-
-def pad_batch(encodings: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, attention_mask) int64 [B, T] with T the longest of these token lists."""
-    width = max(len(ids) for ids in encodings)
-    input_ids = np.full((len(encodings), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(encodings), width), dtype=np.int64)
-    for i, ids in enumerate(encodings):
-        input_ids[i, :len(ids)] = ids
-        mask[i, :len(ids)] = 1
-    return input_ids, mask
 
 
 def session_options(intra_op_threads: int | None = None, spin: bool = False) -> ort.SessionOptions:
@@ -73,7 +47,7 @@ def session_options(intra_op_threads: int | None = None, spin: bool = False) -> 
 
 
 class TextEmbedder:
-    """Unit item vectors [N, D] for texts, from an item-encoder ONNX file (see `app.core.bundle`).
+    """Unit item vectors [N, D] for texts, from an item-encoder ONNX file (see `contract.bundle`).
 
     Inputs of the model: input_ids int64 [B,T], attention_mask int64 [B,T], platform int64 [B];
     output: item_vec float32 [B,D].

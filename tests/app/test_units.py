@@ -11,11 +11,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.core.features import knn_candidates, knn_dense, knn_scores
-from app.core.ids import account_key, unlinked_person_key
 from app.services.cache import LRU, RankedCache, RankedEntry
 from app.services.onnx import CPU, CUDA, select_providers
 from app.services.retrieval import Catalog, IndexParams, PlatformIndex
+from contract.features import knn_candidates, knn_dense, knn_scores
+from contract.ids import account_key, unlinked_person_key
 
 ROOT = Path(__file__).resolve().parents[2]
 

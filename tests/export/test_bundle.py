@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.core.bundle import read_manifest, sha256_file
+from contract.bundle import read_manifest, sha256_file
 from export.onnx import parity
 from export.onnx_text import ParityError
 from export.verify import verify_bundle

@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from app.services.text_embedder import TextEmbedder, _batches, load_tokenizer
+from app.services.text_embedder import TextEmbedder, _batches
+from contract.text_inputs import load_tokenizer
 from export.onnx_text import (
     DEFAULT_SAMPLE_TEXTS,
     INT8_RECIPES,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from app.core.features import knn_scores
+from contract.features import knn_scores
 from training.baselines.popularity import popularity_tiebreak
 from training.evaluate import Query
 from training.sequences import Dataset, Timelines

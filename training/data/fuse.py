@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# The hashing lives in app.core.ids: the service must compute the very same keys from raw request ids.
-from app.core.ids import account_key, pseudonymise
+# The hashing lives in contract.ids: the service must compute the very same keys from raw request ids.
+from contract.ids import account_key, pseudonymise
 
 __all__ = ["IdentityMap", "LinkConflict", "account_key", "fuse_history", "pseudonymise"]
 

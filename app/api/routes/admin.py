@@ -8,8 +8,8 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException
 
 from app.api.deps import StateDep, WriteAuth
-from app.core.bundle import BundleError
 from app.schemas import ReloadRequest, ReloadResponse
+from contract.bundle import BundleError
 
 router = APIRouter(tags=["admin"], dependencies=[WriteAuth])
 

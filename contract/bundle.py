@@ -16,7 +16,7 @@ A bundle is a folder `bundles/<version>/`:
   knn.npz                index int32 [n_items, K] (rows of items.parquet, -1 = none), weight float32 [n_items, K]
 
 Platform ids: index into `manifest.platforms`; in `hist_platform` they are shifted by one (0 = padding).
-`target_platform` is NOT shifted. Inputs are built by `app.core.features`, the same code offline and online.
+`target_platform` is NOT shifted. Inputs are built by `contract.features`, the same code offline and online.
 """
 
 from __future__ import annotations
