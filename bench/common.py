@@ -282,10 +282,6 @@ def git_rev() -> str:
         return "unknown"
 
 
-def fmt_ms(us: float | None) -> str:
-    return "—" if us is None or us != us else f"{us / 1000:.2f}"
-
-
 def write_json(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")

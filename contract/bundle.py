@@ -7,7 +7,7 @@ A bundle is a folder `bundles/<version>/`:
                          → item_vec float32 [B,D] (unit norm; text only — a new item has no ID part)
   user_encoder.onnx      hist_vecs float32 [B,L,D], hist_platform int64 [B,L], hist_bucket int64 [B,L],
                          hist_mask bool [B,L], target_platform int64 [B] → user_vec float32 [B,D] (unit norm)
-  scorer.onnx            user_vec float32 [N,D], item_vec float32 [N,D], extras float32 [N,E] → score [N]
+  scorer.onnx            (optional) user_vec float32 [N,D], item_vec float32 [N,D], extras float32 [N,E] → score [N]
   (variants, e.g. item_encoder.int8.onnx, listed in manifest.models[*].variants)
   tokenizer/             tokenizer files for the item encoder (Hugging Face format)
   items.parquet          item_id, platform, title, vector (list<float32>[D]), popularity (int64)
@@ -28,8 +28,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from contract.features import HISTORY_SNAPSHOT, N_TIME_BUCKETS, SCORER_EXTRAS
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+ITEM_ENCODER_INPUTS = ("input_ids", "attention_mask", "platform")
+USER_ENCODER_INPUTS = ("hist_vecs", "hist_platform", "hist_bucket", "hist_mask", "target_platform")
+SCORER_INPUTS = ("user_vec", "item_vec", "extras")
+MODEL_INPUTS = {"item_encoder": ITEM_ENCODER_INPUTS, "user_encoder": USER_ENCODER_INPUTS, "scorer": SCORER_INPUTS}
+REQUIRED_MODELS = ("item_encoder", "user_encoder")
 
 
 class ModelFile(BaseModel):
@@ -52,8 +59,10 @@ class Manifest(BaseModel):
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     dim: int
     platforms: list[str]
-    max_history: int
+    max_history: int = Field(description="events the user encoder reads (the newest ones)")
     n_time_buckets: int
+    history_snapshot: int = Field(default=HISTORY_SNAPSHOT,
+                                  description="events per person in history.parquet, the most the scorer saw")
     tokenizer_dir: str = "tokenizer"
     max_length: int = 32
     scorer_extras: list[str]
@@ -66,8 +75,9 @@ class Manifest(BaseModel):
     cutoff_ts: int | None = None
     evaluation: dict[str, object] = Field(default_factory=dict)
 
-    def platform_id(self, name: str) -> int:
-        return self.platforms.index(name)
+    @property
+    def has_scorer(self) -> bool:
+        return "scorer" in self.models
 
 
 class BundleError(Exception):
@@ -122,3 +132,34 @@ def write_manifest(bundle_dir: Path, manifest: Manifest) -> Manifest:
     manifest = manifest.model_copy(update={"files": files})
     (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+_REEXPORT = ": re-export the model with this version"
+
+
+def check_compatible(manifest: Manifest, profile_max_events: int | None = None) -> list[str]:
+    """Why this code cannot serve the bundle as it was trained (empty: it can).
+
+    Every constant the service computes inputs with must be the one the models were trained and exported
+    with; a mismatch would not fail, it would silently rank worse.
+    """
+    problems = []
+    missing = [m for m in REQUIRED_MODELS if m not in manifest.models]
+    if missing:
+        problems.append(f"no {', '.join(missing)} in the manifest")
+    for name, entry in manifest.models.items():
+        expected = MODEL_INPUTS.get(name)
+        if expected is not None and tuple(entry.inputs) != expected:
+            problems.append(f"{name} takes {entry.inputs}, this version feeds {list(expected)}{_REEXPORT}")
+    if manifest.n_time_buckets != N_TIME_BUCKETS:
+        problems.append(f"trained with {manifest.n_time_buckets} time buckets, this version computes "
+                        f"{N_TIME_BUCKETS}{_REEXPORT}")
+    if manifest.has_scorer and manifest.scorer_extras != list(SCORER_EXTRAS):
+        problems.append(f"the scorer was trained on features {manifest.scorer_extras}, this version computes "
+                        f"{list(SCORER_EXTRAS)}{_REEXPORT}")
+    if manifest.max_history > manifest.history_snapshot:
+        problems.append(f"max_history {manifest.max_history} > history_snapshot {manifest.history_snapshot}")
+    if profile_max_events is not None and profile_max_events < manifest.history_snapshot:
+        problems.append(f"XREC_PROFILE_MAX_EVENTS={profile_max_events} keeps fewer events than the "
+                        f"{manifest.history_snapshot} the scorer's history features were computed on")
+    return problems

@@ -6,15 +6,23 @@ numpy only: the service imports this, and it never imports torch.
   right-aligned so the newest event is always at the last position, time-gap buckets, mask).
 - `knn_dense()` / `knn_scores()`: item-KNN co-occurrence scores given a history (a scorer feature and a
   baseline); `knn_candidates()`: the best of them, added to retrieval's candidates.
-- `scorer_extras()`: the scalar features the re-ranking scorer sees beside the user and item vectors.
+- `scorer_extras()`: the scalar features the re-ranking scorer sees beside the user and item vectors;
+  `candidate_features()` computes them from a history and candidate rows (what both sides call).
+- `user_encoder_feeds()`: the user encoder's whole input, for a batch of histories.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
 N_TIME_BUCKETS = 16  # 0 = padding, 1 = first event (no gap), 2.. = log2 of the gap in hours
-PAD = 0
+# Events per person the service keeps (and the bundle's history snapshot holds): more than the user encoder
+# reads, so that the scorer's history-length and recency features see what training saw.
+HISTORY_SNAPSHOT = 256
+_EMPTY = np.zeros(0, dtype=np.int64)
 SCORER_EXTRAS = (
     "dot",  # the retrieval score u·v
     "log_popularity",  # log1p(events of the item) / log1p(events of the most popular item)
@@ -26,6 +34,28 @@ SCORER_EXTRAS = (
     "log_knn",  # log1p(item-KNN co-occurrence score of the candidate given the whole fused history)
     "log_knn_target",  # the same from the history on the target platform alone: the scorer weighs the parts
 )
+
+
+@dataclass(frozen=True)
+class History:
+    """One person's fused events, oldest first: item rows, platform ids (not shifted), epoch seconds."""
+
+    rows: np.ndarray  # int64
+    platforms: np.ndarray  # int64
+    ts: np.ndarray  # int64
+
+    @classmethod
+    def of(cls, rows: Sequence[int] | np.ndarray, platforms: Sequence[int] | np.ndarray,
+           ts: Sequence[int] | np.ndarray) -> History:
+        return cls(np.asarray(rows, dtype=np.int64), np.asarray(platforms, dtype=np.int64),
+                   np.asarray(ts, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def on(self, platform: int) -> np.ndarray:
+        """Mask of the events on one platform."""
+        return self.platforms == platform
 
 
 def time_buckets(ts: np.ndarray) -> np.ndarray:
@@ -58,6 +88,34 @@ def history_inputs(items: np.ndarray, platforms: np.ndarray, ts: np.ndarray, max
         out_bucket[-n:] = buckets[-n:]
         mask[-n:] = True
     return out_items, out_plat, out_bucket, mask
+
+
+def user_encoder_feeds(histories: Sequence[History], targets: Sequence[int], item_vectors: np.ndarray,
+                       max_len: int) -> dict[str, np.ndarray]:
+    """The user encoder's inputs (names as in `contract.bundle`) for a batch of (history, target platform)."""
+    arrays = [history_inputs(h.rows, h.platforms, h.ts, max_len) for h in histories]
+    rows = np.stack([a[0] for a in arrays]) if arrays else np.zeros((0, max_len), dtype=np.int64)
+    vecs = item_vectors[np.maximum(rows, 0)] * (rows >= 0)[..., None]
+    return {
+        "hist_vecs": vecs.astype(np.float32, copy=False),
+        "hist_platform": np.stack([a[1] for a in arrays]) if arrays else np.zeros_like(rows),
+        "hist_bucket": np.stack([a[2] for a in arrays]) if arrays else np.zeros_like(rows),
+        "hist_mask": np.stack([a[3] for a in arrays]) if arrays else np.zeros(rows.shape, dtype=bool),
+        "target_platform": np.asarray(targets, dtype=np.int64),
+    }
+
+
+@dataclass(frozen=True)
+class KnnTable:
+    """Each item's top-K co-occurring items (`knn.npz` in a bundle) and how a history is scored against them."""
+
+    index: np.ndarray  # int [n_items, K] item rows, -1 = none
+    weight: np.ndarray  # float32 [n_items, K]
+    max_history: int
+    decay: float = 1.0
+
+    def dense(self, history_rows: np.ndarray) -> np.ndarray:
+        return knn_dense(history_rows, self.index, self.weight, self.max_history, self.decay)
 
 
 def knn_dense(history_items: np.ndarray, nbr_index: np.ndarray, nbr_weight: np.ndarray, max_history: int = 50,
@@ -134,3 +192,21 @@ def scorer_extras(dot: np.ndarray, popularity: np.ndarray, max_popularity: float
     out[:, 7] = np.log1p(np.maximum(knn, 0.0))
     out[:, 8] = np.log1p(np.maximum(knn_target, 0.0))
     return out
+
+
+def candidate_features(history: History, target: int, now: float, dots: np.ndarray, rows: np.ndarray,
+                       popularity: np.ndarray, max_popularity: float, knn: KnnTable,
+                       knn_all: np.ndarray | None = None) -> np.ndarray:
+    """`scorer_extras` of candidates for one (history, target platform) query.
+
+    `dots`: u·v of each candidate; `rows`: their item rows (-1 for an item the tables do not know, e.g. free
+    text); `popularity`: theirs (0 when unknown); `knn_all`: `knn.dense(history.rows)` when the caller has it.
+    """
+    on_target = history.on(target)
+    last_ts = int(history.ts[on_target].max()) if on_target.any() else None
+    rows = np.asarray(rows, dtype=np.int64)
+    knn_whole = knn_lookup(knn.dense(history.rows) if knn_all is None else knn_all, rows)
+    knn_target = knn_lookup(knn.dense(history.rows[on_target]), rows)
+    return scorer_extras(dots, popularity, max_popularity, int(on_target.sum()), len(history),
+                         None if last_ts is None else (now - last_ts) / 86400.0,
+                         bool(len(history) and history.platforms[-1] == target), knn_whole, knn_target)

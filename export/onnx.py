@@ -13,11 +13,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from contract.bundle import SCORER_INPUTS
+from contract.bundle import USER_ENCODER_INPUTS as USER_INPUTS
 from export.onnx_text import PARITY_COSINE, PARITY_MAX_ABS, ParityError
 from training.model import Scorer, UserTower
-
-USER_INPUTS = ("hist_vecs", "hist_platform", "hist_bucket", "hist_mask", "target_platform")
-SCORER_INPUTS = ("user_vec", "item_vec", "extras")
 
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: tuple[str, ...],

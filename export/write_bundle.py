@@ -1,6 +1,7 @@
 """`xrec export`: checkpoint + dataset → one versioned bundle (see `contract.bundle` for the layout).
 
-Every model is exported to ONNX and checked against PyTorch on real inputs; a failed check fails the export.
+Every model is exported to ONNX and checked against the trained model on real inputs (the item encoder
+against the model's own text-only item vectors of real titles); a failed check fails the export.
 Quantised item-encoder variants are measured (cosine to fp32, valid NDCG@10 of text-only retrieval) and
 marked recommended only when NDCG@10 drops by less than 1% relative. The bundle is written atomically.
 """
@@ -9,63 +10,29 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
-from contract.bundle import Manifest, ModelFile, salt_fingerprint, write_manifest
-from contract.features import N_TIME_BUCKETS, SCORER_EXTRAS, history_inputs
+from contract.bundle import ITEM_ENCODER_INPUTS, Manifest, ModelFile, salt_fingerprint, write_manifest
+from contract.features import HISTORY_SNAPSHOT, N_TIME_BUCKETS, SCORER_EXTRAS, user_encoder_feeds
 from export.onnx import SCORER_INPUTS, USER_INPUTS, export_scorer, export_user_encoder
-from export.onnx_text import PooledTextEncoder, compare_vectors, export_text_encoder, quantize_int8, to_fp16
+from export.onnx_optimize import quantize_int8, to_fp16
+from export.onnx_text import check_against_model, compare_vectors, embed_onnx, export_text_encoder
+from training.checkpoint import load_checkpoint, text_item_encoder
 from training.data.build import atomic_dir
 from training.evaluate import make_queries, metrics_from_ranks, ranks
-from training.model import ModelConfig, Scorer, TwoTower
-from training.pipeline import Ranker, checkpoint_ranker, user_vectors
+from training.model import ModelConfig
+from training.pipeline import Ranker, as_contract_query, checkpoint_ranker, new_item_vectors
 from training.sequences import load_dataset
-from training.text_vectors import encode_texts, load_text_model, text_model_path
+from training.text_vectors import encode_texts, text_model_path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
-ITEM_INPUTS = ["input_ids", "attention_mask", "platform"]
 MAX_RELATIVE_NDCG_DROP = 0.01
-# Events per person in the cold-cache snapshot: more than the user encoder reads, so that the scorer's
-# history-length and recency features see what training saw (the service keeps the same number).
-HISTORY_SNAPSHOT = 256
-
-
-@dataclass
-class Loaded:
-    cfg: ModelConfig
-    model: TwoTower
-    scorer: Scorer | None
-    ckpt: dict
-
-
-def load_checkpoint(path: Path) -> Loaded:
-    """Rebuild the model from the checkpoint alone: its config travels with its weights."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = ModelConfig(**ckpt["model_args"])
-    model = TwoTower(cfg)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    scorer = None
-    if ckpt.get("scorer") is not None:
-        scorer = Scorer(cfg)
-        scorer.load_state_dict(ckpt["scorer"])
-        scorer.eval()
-    return Loaded(cfg, model, scorer, ckpt)
-
-
-def text_encoder_module(loaded: Loaded) -> PooledTextEncoder:
-    """MiniLM (with fine-tuned weights when the checkpoint has them) + the item tower's text path."""
-    backbone, _ = load_text_model(text_model_path(loaded.cfg.text_model))
-    if loaded.ckpt.get("text"):
-        backbone.load_state_dict(loaded.ckpt["text"])
-    return PooledTextEncoder(backbone, loaded.model.items.proj, loaded.model.items.platform).eval()
+PARITY_TITLES = 200  # real catalog titles the item encoder is checked on against the trained model
 
 
 def _text_only_ndcg(ranker: Ranker, text_vecs: np.ndarray, valid) -> float:
@@ -88,7 +55,7 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
                          "dataset the model was trained on")
     version = version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = out_root / version
-    module = text_encoder_module(loaded)
+    module = text_item_encoder(loaded)
     # A fine-tuned transformer encodes with its own weights; a frozen one reuses the disk cache.
     text_vecs = encode_texts(ds.titles, cfg.text_max_length, progress=False, model_path=text_model_path(cfg.text_model),
                              model=module.backbone if ckpt.get("text") else None)
@@ -96,7 +63,9 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
     vecs = ranker.item_vecs
     valid = make_queries(ds, "valid") if "valid" in ds.targets else []
     rng = np.random.default_rng(0)
-    sample_titles = [ds.titles[i] for i in rng.choice(ds.n_items, size=min(64, ds.n_items), replace=False)]
+    sample = np.sort(rng.choice(ds.n_items, size=min(PARITY_TITLES, ds.n_items), replace=False))
+    sample_titles = [ds.titles[i] for i in sample]
+    new_item_vecs = new_item_vectors(model, text_vecs[sample], ds.item_platform[sample])
 
     with atomic_dir(out) as tmp:
         # Item encoder: fp32, then variants.
@@ -105,10 +74,12 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
         for name in TOKENIZER_FILES:
             if (text_model_path(cfg.text_model) / name).is_file():
                 shutil.copy2(text_model_path(cfg.text_model) / name, tok_dir / name)
-        item_info = export_text_encoder(module, tok_dir, tmp / "item_encoder.onnx", cfg.text_max_length,
-                                        sample_texts=sample_titles, name="item_encoder")
-        item_model = ModelFile(file="item_encoder.onnx", inputs=ITEM_INPUTS, outputs=["item_vec"],
-                               parity=_floats(item_info.get("parity", item_info)))
+        export_text_encoder(module, tok_dir, tmp / "item_encoder.onnx", cfg.text_max_length,
+                            sample_texts=sample_titles[:64], name="item_encoder")
+        parity = check_against_model(tmp / "item_encoder.onnx", tok_dir, cfg.text_max_length, sample_titles,
+                                     ds.item_platform[sample].tolist(), new_item_vecs)
+        item_model = ModelFile(file="item_encoder.onnx", inputs=list(ITEM_ENCODER_INPUTS), outputs=["item_vec"],
+                               parity=_floats(parity))
         variants = {"int8": "item_encoder.int8.onnx", "fp16": "item_encoder.fp16.onnx"}
         quantize_int8(tmp / "item_encoder.onnx", tmp / variants["int8"])
         to_fp16(tmp / "item_encoder.onnx", tmp / variants["fp16"])
@@ -121,30 +92,21 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
 
         # User encoder, on real histories.
         qs = valid[:64] if valid else make_queries(ds, next(iter(ds.targets)))[:64]
-        arrays = [history_inputs(q.items, q.platforms, q.ts, cfg.max_history) for q in qs]
-        rows = np.stack([a[0] for a in arrays])
-        feeds = {
-            "hist_vecs": (vecs[np.maximum(rows, 0)] * (rows >= 0)[..., None]).astype(np.float32),
-            "hist_platform": np.stack([a[1] for a in arrays]),
-            "hist_bucket": np.stack([a[2] for a in arrays]),
-            "hist_mask": np.stack([a[3] for a in arrays]),
-            "target_platform": np.array([q.platform for q in qs], dtype=np.int64),
-        }
+        feeds = user_encoder_feeds([as_contract_query(q).history for q in qs], [q.platform for q in qs], vecs,
+                                   cfg.max_history)
         feeds["hist_mask"][0] = False  # an empty history must work too
         user_parity = export_user_encoder(model.users, tmp / "user_encoder.onnx", feeds)
         models = {"item_encoder": item_model,
                   "user_encoder": ModelFile(file="user_encoder.onnx", inputs=list(USER_INPUTS),
                                             outputs=["user_vec"], parity=user_parity)}
-        if loaded.scorer is not None:
-            u = user_vectors(model, vecs, qs)
-            sf = {"user_vec": [], "item_vec": [], "extras": []}
-            for i, q in enumerate(qs[:16]):
-                cand = ranker.platform_items[q.platform]
-                rows_c, knn_c = ranker.candidates_for(q, vecs[cand] @ u[i])
-                sf["user_vec"].append(np.repeat(u[i][None], len(rows_c), 0))
-                sf["item_vec"].append(vecs[rows_c])
-                sf["extras"].append(ranker.extras(q, u[i], rows_c, knn_c))
-            scorer_feeds = {k: np.concatenate(v).astype(np.float32) for k, v in sf.items()}
+        if loaded.scorer is not None:  # without one the service serves the retrieval order
+            prepared = ranker.prepare(qs[:16], keep_retrieval=False)
+            scorer_feeds = {
+                "user_vec": np.concatenate([np.repeat(p.user[None], len(p.candidates.rows), 0) for p in prepared]),
+                "item_vec": np.concatenate([vecs[p.candidates.rows] for p in prepared]),
+                "extras": np.concatenate([p.candidates.extras for p in prepared]),
+            }
+            scorer_feeds = {k: v.astype(np.float32) for k, v in scorer_feeds.items()}
             models["scorer"] = ModelFile(file="scorer.onnx", inputs=list(SCORER_INPUTS), outputs=["score"],
                                          parity=export_scorer(loaded.scorer, tmp / "scorer.onnx", scorer_feeds))
 
@@ -165,6 +127,7 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
             evaluation["test"] = _summary(json.loads(metrics_file.read_text()))
         manifest = Manifest(model_version=version, dim=cfg.dim, platforms=ds.platforms,
                             max_history=cfg.max_history, n_time_buckets=N_TIME_BUCKETS,
+                            history_snapshot=HISTORY_SNAPSHOT,
                             max_length=cfg.text_max_length, scorer_extras=list(SCORER_EXTRAS),
                             retrieval_candidates=ranker.candidates,
                             knn_candidates=ranker.knn_candidates, knn_decay=float(ckpt.get("knn_decay", 1.0)),
@@ -185,15 +148,12 @@ def _summary(metrics: dict) -> dict[str, object]:
 
 
 def _measure_variants(tmp: Path, tok_dir: Path, cfg: ModelConfig, ds, ranker: Ranker, valid, log) -> dict:
-    from app.services.text_embedder import TextEmbedder
-
     out: dict[str, dict] = {}
-    fp32 = TextEmbedder(tmp / "item_encoder.onnx", tok_dir, cfg.text_max_length).embed(ds.titles,
-                                                                                       ds.item_platform.tolist())
+    plats = ds.item_platform.tolist()
+    fp32 = embed_onnx(tmp / "item_encoder.onnx", tok_dir, cfg.text_max_length, ds.titles, plats)
     base = _text_only_ndcg(ranker, fp32, valid)
     out["fp32"] = {"valid_text_only_ndcg@10": base}
-    q8 = TextEmbedder(tmp / "item_encoder.int8.onnx", tok_dir, cfg.text_max_length).embed(
-        ds.titles, ds.item_platform.tolist())
+    q8 = embed_onnx(tmp / "item_encoder.int8.onnx", tok_dir, cfg.text_max_length, ds.titles, plats)
     nd = _text_only_ndcg(ranker, q8, valid)
     cmp = compare_vectors(fp32, q8)
     drop = (base - nd) / base if base > 0 else 0.0

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from training.model import ModelConfig
+from training.model import ModelConfig, mean_pool
 from training.sequences import Dataset
-from training.text_vectors import encode_texts, load_text_model, mean_pool, text_model_path
+from training.text_vectors import encode_texts, load_text_model, text_model_path
 
 
 class TextTower:

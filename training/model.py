@@ -1,7 +1,9 @@
 """The two towers and the re-ranking scorer. Short on purpose: export rebuilds these from `ModelConfig`.
 
-item tower   text vector (MiniLM, mean-pooled) → linear → + platform embedding (+ learned ID part, with
-             dropout, for items with history) → unit vector
+item tower   text → MiniLM → mean pooling → L2-normalise → linear → + platform embedding (+ learned ID part,
+             with dropout, for items with history) → unit vector. `TextItemEncoder` is that whole text
+             path as one module: what export turns into item_encoder.onnx, so a new item's vector at serve
+             time is the one training gives it (the frozen mode caches the pooled vectors, not the module)
 user tower   fused cross-platform history (item vectors + platform + time-gap bucket + position) → causal
              transformer → per-target-platform projection → unit vector; one person, one vector per platform
 scorer       MLP over [user, item, user ⊙ item, scalar features] → relevance score
@@ -9,19 +11,24 @@ scorer       MLP over [user, item, user ⊙ item, scalar features] → relevance
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict, field_validator
+from pydantic.dataclasses import dataclass
 from torch import nn
 
-from contract.features import SCORER_EXTRAS
+from contract.features import N_TIME_BUCKETS, SCORER_EXTRAS
 
 
-@dataclass
+@dataclass(config=ConfigDict(extra="forbid"))
 class ModelConfig:
-    n_items: int
-    n_platforms: int
+    """Every model setting and its default, once. A training profile's `[model]` table sets these; the
+    data fixes `n_items`, `n_platforms` and `text_dim` at train time."""
+
+    n_items: int = 0
+    n_platforms: int = 0
     text_dim: int = 384
     dim: int = 64
     max_history: int = 50
@@ -30,7 +37,7 @@ class ModelConfig:
     dropout: float = 0.2
     use_id: bool = True  # hybrid item vectors: text + learned ID part
     id_dropout: float = 0.25  # chance an item's ID part is dropped in a training step
-    n_time_buckets: int = 16
+    n_time_buckets: int = N_TIME_BUCKETS
     mode: str = "frozen"  # frozen | top-k | lora: how the text transformer is fine-tuned
     unfreeze_layers: int = 2  # top-k mode
     lora_r: int = 8  # lora mode
@@ -38,6 +45,11 @@ class ModelConfig:
     text_model: str | None = None  # a local transformer folder; None = MiniLM from its package
     scorer_extras: int = len(SCORER_EXTRAS)
     scorer_hidden: int = 64
+
+    @field_validator("text_model", mode="before")
+    @classmethod
+    def _path_as_text(cls, v: object) -> object:
+        return None if v is None else str(v)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,8 +66,10 @@ class ItemTower(nn.Module):
         if self.ids is not None:
             nn.init.normal_(self.ids.weight, std=0.02)
 
-    def text_part(self, text_vec: torch.Tensor, platform: torch.Tensor) -> torch.Tensor:
-        return self.proj(text_vec) + self.platform(platform)
+    def text_part(self, pooled: torch.Tensor, platform: torch.Tensor) -> torch.Tensor:
+        """The text path before the ID part: `pooled` is the mean-pooled transformer output, normalised
+        here (idempotent, so cached unit vectors and raw pooled ones give the same result)."""
+        return self.proj(F.normalize(pooled, dim=-1)) + self.platform(platform)
 
     def forward(self, text_vec: torch.Tensor, platform: torch.Tensor, rows: torch.Tensor | None = None
                 ) -> torch.Tensor:
@@ -68,6 +82,29 @@ class ItemTower(nn.Module):
                 idv = idv * keep
             x = x + idv
         return F.normalize(x, dim=-1)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token states over the attention mask (sentence-transformers' pooling)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+class TextItemEncoder(nn.Module):
+    """Item text → unit vector: transformer → mean pooling → the item tower's text path (no ID part).
+
+    Exactly `ItemTower.forward(pooled, platform, rows=None)`, i.e. how a brand-new item is represented.
+    """
+
+    def __init__(self, backbone: nn.Module, items: ItemTower) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.items = items
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, platform: torch.Tensor
+                ) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.items(mean_pool(hidden, attention_mask), platform, rows=None)
 
 
 class Block(nn.Module):

@@ -1,7 +1,8 @@
-"""Retrieval + re-ranking for evaluation queries, with the trained torch model.
+"""The trained torch model as a `contract.ranking.Backend`: evaluation ranks through the service's code.
 
-Inputs are built by `contract.features` exactly as the service builds them, so offline figures describe
-what the service does.
+Candidates, scorer features and their order come from `contract.ranking`, the functions the service runs
+with ONNX Runtime and FAISS; only the runtime differs here (torch modules, exact search over the platform's
+items). `bench/skew.py` holds the two against each other on a real bundle.
 """
 
 from __future__ import annotations
@@ -12,12 +13,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from contract.features import history_inputs, knn_candidates, knn_dense, knn_lookup, scorer_extras
+from contract import ranking
+from contract.bundle import USER_ENCODER_INPUTS
+from contract.features import History, KnnTable, user_encoder_feeds
 from training.evaluate import Query
 from training.model import Scorer, TwoTower
 from training.sequences import Dataset
 
 OUTSIDE_CANDIDATES = -1e3  # items retrieval did not fetch rank below every re-ranked candidate
+
+
+def as_contract_query(q: Query) -> ranking.Query:
+    return ranking.Query(History.of(q.items, q.platforms, q.ts), q.platform, float(q.now))
 
 
 @torch.no_grad()
@@ -29,25 +36,69 @@ def item_vectors(model: TwoTower, text_vecs: np.ndarray, item_platform: np.ndarr
 
 
 @torch.no_grad()
-def user_vectors(model: TwoTower, item_vecs: np.ndarray, queries: Sequence[Query]) -> np.ndarray:
-    """The serving path of the user tower, one vector per query."""
+def new_item_vectors(model: TwoTower, text_vecs: np.ndarray, platforms: np.ndarray) -> np.ndarray:
+    """What the trained model gives items it never saw: the text path alone, no ID part."""
     model.eval()
-    n = model.cfg.max_history
-    arrays = [history_inputs(q.items, q.platforms, q.ts, n) for q in queries]
-    rows = np.stack([a[0] for a in arrays])
-    vecs = item_vecs[np.maximum(rows, 0)] * (rows >= 0)[..., None]
-    u = model.users(torch.from_numpy(vecs.astype(np.float32)),
-                    torch.from_numpy(np.stack([a[1] for a in arrays])),
-                    torch.from_numpy(np.stack([a[2] for a in arrays])),
-                    torch.from_numpy(np.stack([a[3] for a in arrays])),
-                    torch.tensor([q.platform for q in queries]))
-    return u.numpy()
+    return model.items(torch.from_numpy(text_vecs), torch.from_numpy(np.asarray(platforms, dtype=np.int64)),
+                       rows=None).numpy()
+
+
+@dataclass
+class TorchBackend:
+    """`contract.ranking.Backend` over the trained modules."""
+
+    model: TwoTower
+    scorer: Scorer | None
+    item_vecs: np.ndarray
+    platform_items: dict[int, np.ndarray]
+
+    @property
+    def has_scorer(self) -> bool:
+        return self.scorer is not None
+
+    @torch.no_grad()
+    def user_vectors(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        self.model.eval()
+        return self.model.users(*(torch.from_numpy(feeds[k]) for k in USER_ENCODER_INPUTS)).numpy()
+
+    def search(self, target: int, user_vecs: np.ndarray, n: int, exclude: Sequence[np.ndarray]
+               ) -> list[np.ndarray]:
+        """Exact inner-product search; ties go to the lower row."""
+        cand = self.platform_items[target]
+        scores = self.item_vecs[cand] @ user_vecs.T  # [n_items, B]
+        out = []
+        for i, ex in enumerate(exclude):
+            s = scores[:, i].copy()
+            if len(ex):
+                s[np.isin(cand, ex)] = -np.inf
+            k = min(n, int(np.isfinite(s).sum()))
+            top = np.sort(np.argpartition(-s, k - 1)[:k]) if k else np.zeros(0, dtype=np.int64)
+            out.append(cand[top[np.argsort(-s[top], kind="stable")]])
+        return out
+
+    @torch.no_grad()
+    def score(self, user_vecs: np.ndarray, item_vecs: np.ndarray, extras: np.ndarray) -> np.ndarray:
+        assert self.scorer is not None
+        self.scorer.eval()
+        return self.scorer(torch.from_numpy(np.ascontiguousarray(user_vecs, dtype=np.float32)),
+                           torch.from_numpy(np.ascontiguousarray(item_vecs, dtype=np.float32)),
+                           torch.from_numpy(np.ascontiguousarray(extras, dtype=np.float32))).numpy()
+
+
+@dataclass
+class Prepared:
+    """One query's scorer inputs (see `Ranker.prepare`)."""
+
+    platform: int
+    user: np.ndarray  # [D]
+    retrieval: np.ndarray | None  # retrieval scores over the platform's items
+    candidates: ranking.Candidates  # rows and scorer features
 
 
 @dataclass
 class Ranker:
     """Two-tower retrieval, optionally re-ranked by the scorer over retrieval's top `candidates` plus up to
-    `knn_candidates` items by item-KNN co-occurrence with the history."""
+    `knn_candidates` items by item-KNN co-occurrence with the history (`contract.ranking`)."""
 
     model: TwoTower
     ds: Dataset
@@ -58,84 +109,68 @@ class Ranker:
     knn_decay: float = 0.5
     scorer: Scorer | None = None
     candidates: int = 100
-    knn_candidates: int = 0  # the best item-KNN items added to retrieval's candidates (unseen, same platform)
+    knn_candidates: int = 0
 
     def __post_init__(self) -> None:
         self.platform_items = {p: self.ds.platform_items(p) for p in range(len(self.ds.platforms))}
         self.max_pop = {p: float(self.popularity[c].max(initial=1)) for p, c in self.platform_items.items()}
 
+    def backend(self) -> TorchBackend:
+        return TorchBackend(self.model, self.scorer, self.item_vecs, self.platform_items)
+
+    def tables(self) -> ranking.Tables:
+        knn = KnnTable(self.knn_index, self.knn_weight, self.model.cfg.max_history, self.knn_decay)
+        return ranking.Tables(self.item_vecs, self.popularity, self.ds.item_platform, self.max_pop, knn,
+                              self.candidates, self.knn_candidates)
+
+    def user_vectors(self, queries: Sequence[Query]) -> np.ndarray:
+        return ranking.user_vectors(self.backend(), self.tables(), [as_contract_query(q).history for q in queries],
+                                    [q.platform for q in queries])
+
     def retrieval(self, queries: Sequence[Query]) -> list[np.ndarray]:
-        u = user_vectors(self.model, self.item_vecs, queries)
+        u = self.user_vectors(queries)
         return [self.item_vecs[self.platform_items[q.platform]] @ u[i] for i, q in enumerate(queries)]
 
-    def _knn(self, items: np.ndarray) -> np.ndarray:
-        return knn_dense(items, self.knn_index, self.knn_weight, self.model.cfg.max_history, self.knn_decay)
+    def prepare(self, queries: Sequence[Query], keep_retrieval: bool = True) -> list[Prepared]:
+        """Everything `final` needs but the scorer: fixed while the scorer trains, so computed once.
+        `keep_retrieval=False` leaves out the scores over the whole platform (memory, for training examples)."""
+        u = self.user_vectors(queries)
+        cands = ranking.candidates(self.backend(), self.tables(), [as_contract_query(q) for q in queries], u)
+        return [Prepared(q.platform, u[i],
+                         self.item_vecs[self.platform_items[q.platform]] @ u[i] if keep_retrieval else None, c)
+                for i, (q, c) in enumerate(zip(queries, cands, strict=True))]
 
-    def candidates_for(self, q: Query, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(item rows, their knn scores) to re-rank: retrieval's top `candidates` over the platform's items
-        (`scores`), then up to `knn_candidates` more by item-KNN; seen items excluded."""
-        s = scores.copy()
-        cand = self.platform_items[q.platform]
-        seen = np.isin(cand, q.items)
-        s[seen] = -np.inf
-        k = min(self.candidates, len(s) - 1)
-        top = np.argpartition(-s, k)[:k]
-        rows = cand[top[np.argsort(-s[top])]]
-        dense = self._knn(q.items)
-        if self.knn_candidates:
-            more = knn_candidates(dense, self.knn_candidates, self.ds.item_platform, q.platform,
-                                  np.concatenate([q.items, rows]))
-            rows = np.concatenate([rows, more])
-        return rows, knn_lookup(dense, rows)
-
-    def extras(self, q: Query, u: np.ndarray, rows: np.ndarray, knn: np.ndarray) -> np.ndarray:
-        on_target = q.platforms == q.platform
-        last_ts = q.ts[on_target].max() if on_target.any() else None
-        knn_target = knn_lookup(self._knn(q.items[on_target]), rows)
-        return scorer_extras(self.item_vecs[rows] @ u, self.popularity[rows], self.max_pop[q.platform],
-                             int(on_target.sum()), len(q.items),
-                             None if last_ts is None else (q.now - last_ts) / 86400.0,
-                             bool(len(q.platforms) and q.platforms[-1] == q.platform), knn, knn_target)
-
-    @torch.no_grad()
-    def prepare(self, queries: Sequence[Query]) -> list[Prepared]:
-        """Everything `final` needs but the scorer: fixed while the scorer trains, so computed once."""
-        u = user_vectors(self.model, self.item_vecs, queries)
-        out = []
-        for i, q in enumerate(queries):
-            scores = self.item_vecs[self.platform_items[q.platform]] @ u[i]
-            rows, knn = self.candidates_for(q, scores)
-            out.append(Prepared(q.platform, u[i], scores, rows, self.extras(q, u[i], rows, knn)))
-        return out
-
-    @torch.no_grad()
     def rescore(self, prepared: Sequence[Prepared]) -> list[np.ndarray]:
-        """`final` from `prepare`d queries: the scorer over the candidates, the rest by retrieval below them."""
-        assert self.scorer is not None
-        self.scorer.eval()
+        """`final` from `prepare`d queries: `contract.ranking.rerank` over the candidates, the rest of the
+        platform's items by retrieval below them (the full-catalogue protocol needs a score for every item)."""
+        ranked = ranking.rerank(self.backend(), self.tables(), np.stack([p.user for p in prepared]),
+                                [p.candidates for p in prepared]) if prepared else []
         out = []
-        for p in prepared:
-            s = self.scorer(torch.from_numpy(np.repeat(p.user[None], len(p.rows), 0)),
-                            torch.from_numpy(self.item_vecs[p.rows]), torch.from_numpy(p.extras)).numpy()
+        for p, r in zip(prepared, ranked, strict=True):
             final = p.retrieval + OUTSIDE_CANDIDATES
-            final[np.searchsorted(self.platform_items[p.platform], p.rows)] = s
+            final[np.searchsorted(self.platform_items[p.platform], r.rows)] = r.scores
             out.append(final)
         return out
+
+    def score_items(self, q: Query, item_vecs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Scores of given items for one query (rows -1 for items the tables do not hold): offline /v1/rank."""
+        cq, backend = as_contract_query(q), self.backend()
+        u = self.user_vectors([q])[0]
+        x = ranking.features(self.tables(), cq, u, item_vecs, rows)
+        if not backend.has_scorer:
+            return x[:, 0]
+        return backend.score(np.repeat(u[None], len(item_vecs), 0), item_vecs, x)
 
     def final(self, queries: Sequence[Query]) -> list[np.ndarray]:
         """Scores over each platform's items: re-ranked candidates first, the rest by retrieval."""
         return self.rescore(self.prepare(queries))
 
 
-@dataclass
-class Prepared:
-    """One query's scorer inputs (see `Ranker.prepare`)."""
-
-    platform: int
-    user: np.ndarray  # [D]
-    retrieval: np.ndarray  # retrieval scores over the platform's items
-    rows: np.ndarray  # candidate item rows
-    extras: np.ndarray  # [len(rows), E]
+def user_vectors(model: TwoTower, item_vecs: np.ndarray, queries: Sequence[Query]) -> np.ndarray:
+    """The serving path of the user tower, one vector per query."""
+    feeds = user_encoder_feeds([as_contract_query(q).history for q in queries], [q.platform for q in queries],
+                               item_vecs, model.cfg.max_history)
+    return TorchBackend(model, None, item_vecs, {}).user_vectors(feeds)
 
 
 def checkpoint_ranker(model: TwoTower, scorer: Scorer | None, ckpt: dict, ds: Dataset, text_vecs: np.ndarray

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from export.write_bundle import load_checkpoint, text_encoder_module
 from training.baselines import ALS, ItemKNN, Popularity, TextZeroShot
+from training.checkpoint import fine_tuned_backbone, load_checkpoint
 from training.evaluate import ScoreFn, evaluate_models, write_results
 from training.pipeline import Ranker, checkpoint_ranker
 from training.sequences import load_dataset
@@ -19,7 +19,7 @@ def model_rankers(checkpoint: Path, dataset: Path | None = None) -> tuple[object
     ckpt = loaded.ckpt
     ds = load_dataset(Path(dataset or ckpt["dataset"]))
     # A fine-tuned transformer (top-k, lora) encodes with its own weights; a frozen one reuses the disk cache.
-    backbone = text_encoder_module(loaded).backbone if ckpt.get("text") else None
+    backbone = fine_tuned_backbone(loaded)
     text = encode_texts(ds.titles, loaded.cfg.text_max_length, progress=False,
                         model_path=text_model_path(loaded.cfg.text_model), model=backbone)
     return ds, checkpoint_ranker(loaded.model, loaded.scorer, ckpt, ds, text)

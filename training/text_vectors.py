@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from training.model import mean_pool
+
 DEFAULT_CACHE = Path(".cache/text-vectors")
 
 
@@ -44,11 +46,6 @@ def load_text_model(path: Path | None = None) -> tuple[torch.nn.Module, object]:
 
     path = path or minilm_path()
     return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
 def _model_key(path: Path, max_length: int) -> str:

@@ -16,14 +16,14 @@ import json
 import math
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -31,7 +31,7 @@ from training.baselines.itemknn import build_neighbours
 from training.evaluate import Query, make_queries, metrics_from_ranks, ranks
 from training.finetune import TextTower
 from training.model import ModelConfig, Scorer, TwoTower
-from training.pipeline import Ranker, item_vectors, user_vectors
+from training.pipeline import Ranker, item_vectors
 from training.sequences import Dataset, Timelines, load_dataset
 from training.text_vectors import text_dim
 from training.windows import Windows, batches, chunk_by_tokens, make_windows
@@ -43,19 +43,7 @@ class TrainConfig(BaseModel):
     dataset: Path
     out: Path = Path("runs/train")
     seed: int = 0
-    # model
-    dim: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    max_history: int = 50
-    dropout: float = 0.2
-    use_id: bool = True
-    id_dropout: float = 0.25
-    mode: Literal["frozen", "top-k", "lora"] = "frozen"
-    unfreeze_layers: int = 2
-    lora_r: int = 8
-    text_max_length: int = 32
-    text_model: Path | None = None  # a local transformer folder; default: MiniLM from its package
+    model: ModelConfig = Field(default_factory=ModelConfig)  # the [model] table; every default in ModelConfig
     # two-tower training
     epochs: int = 20
     batch_tokens: int = 4096  # padded history slots per step (a batch of windows of similar length)
@@ -81,8 +69,15 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: object) -> TrainConfig:
+        """A profile file; `overrides` (None = keep) may name model settings too (e.g. `mode`)."""
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        raw.update({k: v for k, v in overrides.items() if v is not None})
+        model_keys = {f.name for f in fields(ModelConfig)}
+        misplaced = sorted(model_keys & set(raw))
+        if misplaced:
+            raise ValueError(f"{path}: {', '.join(misplaced)} belong in the [model] table")
+        for k, v in overrides.items():
+            if v is not None:
+                (raw.setdefault("model", {}) if k in model_keys else raw)[k] = v
         return cls.model_validate(raw)
 
 
@@ -294,17 +289,14 @@ def train_two_tower(state: TrainState, windows: Windows, valid: list[Query], con
 def scorer_examples(ranker: Ranker, queries: list[Query]) -> tuple[torch.Tensor, ...]:
     """(user, item, extras, is_real, label) for queries whose target is among the candidates. Candidate
     lists differ in length (item-KNN adds a varying number): padded to the longest, `is_real` marks them."""
-    u = user_vectors(ranker.model, ranker.item_vecs, queries)
     users, items, extras, labels = [], [], [], []
-    for i, q in enumerate(queries):
-        cand = ranker.platform_items[q.platform]
-        rows, knn = ranker.candidates_for(q, ranker.item_vecs[cand] @ u[i])
-        hit = np.flatnonzero(rows == q.target)
+    for q, p in zip(queries, ranker.prepare(queries, keep_retrieval=False), strict=True):
+        hit = np.flatnonzero(p.candidates.rows == q.target)
         if len(hit) == 0:
             continue
-        users.append(u[i])
-        items.append(ranker.item_vecs[rows])
-        extras.append(ranker.extras(q, u[i], rows, knn))
+        users.append(p.user)
+        items.append(ranker.item_vecs[p.candidates.rows])
+        extras.append(p.candidates.extras)
         labels.append(int(hit[0]))
     c = max((len(v) for v in items), default=0)
     real = np.zeros((len(items), c), dtype=bool)
@@ -381,13 +373,8 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Path:
             else np.array([], dtype=np.int64))
     is_target[held] = False
 
-    model_cfg = ModelConfig(n_items=ds.n_items, n_platforms=len(ds.platforms), dim=cfg.dim, n_layers=cfg.n_layers,
-                            n_heads=cfg.n_heads, max_history=cfg.max_history, dropout=cfg.dropout,
-                            use_id=cfg.use_id, id_dropout=cfg.id_dropout, mode=cfg.mode,
-                            unfreeze_layers=cfg.unfreeze_layers, lora_r=cfg.lora_r,
-                            text_max_length=cfg.text_max_length,
-                            text_model=str(cfg.text_model) if cfg.text_model else None,
-                            text_dim=text_dim(cfg.text_model))
+    model_cfg = replace(cfg.model, n_items=ds.n_items, n_platforms=len(ds.platforms),
+                        text_dim=text_dim(cfg.model.text_model))
     text = TextTower(ds, model_cfg, cfg.text_cache, console)
     model = TwoTower(model_cfg)
     # A batch brings about (targets + history) ≈ 2 × 8 items per window.
@@ -403,9 +390,9 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Path:
         valid = restrict_to_target(valid)
         ds = Dataset(ds.platforms, ds.item_ids, ds.item_platform, ds.titles, train_tl, ds.targets)
         state.ds = ds
-    windows = make_windows(train_tl, cfg.max_history, is_target)
+    windows = make_windows(train_tl, model_cfg.max_history, is_target)
     console.print(f"{len(windows.start):,} windows, {int(is_target.sum()) - len(train_tl):,} targets, "
-                  f"{len(held):,} held out for the scorer; mode {cfg.mode}, history {cfg.history}")
+                  f"{len(held):,} held out for the scorer; mode {model_cfg.mode}, history {cfg.history}")
     log = {"config": json.loads(cfg.model_dump_json()), "two_tower": train_two_tower(state, windows, valid, console)}
 
     vecs = item_vectors(model, text.all_vectors(), ds.item_platform)

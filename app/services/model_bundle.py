@@ -24,13 +24,17 @@ from app.services.onnx import active_provider, make_session, select_providers
 from app.services.ranking import Models
 from app.services.retrieval import Catalog, IndexParams
 from app.services.text_embedder import TextEmbedder
-from contract.bundle import BundleError, Manifest, read_manifest, salt_fingerprint, verify_files
-from contract.features import SCORER_EXTRAS
+from contract.bundle import (
+    BundleError,
+    Manifest,
+    check_compatible,
+    read_manifest,
+    salt_fingerprint,
+    verify_files,
+)
+from contract.features import KnnTable
 
 log = logging.getLogger(__name__)
-
-MODEL_NAMES = ("item_encoder", "user_encoder", "scorer")
-
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -127,13 +131,16 @@ def _load(path: Path, settings: Settings) -> LoadedBundle:
     if manifest.salt_fingerprint and manifest.salt_fingerprint != salt_fingerprint(salt):
         raise BundleError(f"{path}: built with a different id salt than XREC_ID_SALT: accounts would not "
                           "be found")
+    incompatible = check_compatible(manifest, settings.profile_max_events)
+    if incompatible:
+        raise BundleError(f"{path / 'manifest.json'}: " + "; ".join(incompatible))
     platform_of = {p: i for i, p in enumerate(manifest.platforms)}
 
     faiss.omp_set_num_threads(settings.faiss_threads)
     providers = select_providers(settings.ort_providers, ort.get_available_providers())
     threads = settings.ort_intra_op_threads
     user_encoder = make_session(path / model_file(manifest, "user_encoder"), providers, threads)
-    scorer = make_session(path / model_file(manifest, "scorer"), providers, threads)
+    scorer = make_session(path / model_file(manifest, "scorer"), providers, threads) if manifest.has_scorer else None
     embedder = TextEmbedder(path / model_file(manifest, "item_encoder"), path / manifest.tokenizer_dir,
                             manifest.max_length, providers, threads)
 
@@ -150,15 +157,12 @@ def _load(path: Path, settings: Settings) -> LoadedBundle:
     catalog = Catalog.build(item_ids, item_platform, items.column("title").to_pylist(), vectors, popularity,
                             len(manifest.platforms), params)
 
-    if manifest.scorer_extras != list(SCORER_EXTRAS):
-        raise BundleError(f"manifest.json: the scorer was trained on features {manifest.scorer_extras}, this "
-                          f"service computes {list(SCORER_EXTRAS)}: re-export the model with this version")
     knn = np.load(path / "knn.npz")
     knn_index, knn_weight = knn["index"].astype(np.int64), knn["weight"].astype(np.float32)
     if knn_index.shape[0] != len(item_ids):
         raise BundleError(f"knn.npz: {knn_index.shape[0]} rows, items.parquet has {len(item_ids)}")
-    models = Models(user_encoder, scorer, manifest.max_history, manifest.retrieval_candidates,
-                    knn_index, knn_weight, manifest.knn_decay, manifest.knn_candidates)
+    models = Models(user_encoder, scorer, manifest.retrieval_candidates,
+                    KnnTable(knn_index, knn_weight, manifest.max_history, manifest.knn_decay), manifest.knn_candidates)
 
     hist = _read(path / "history.parquet", ["person", "platform", "item_id", "ts"])
     hist = hist.filter(pc.is_in(hist.column("platform"), value_set=pa.array(manifest.platforms)))

