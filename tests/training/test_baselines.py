@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from training.baselines import ALS, ItemKNN, Popularity, TextZeroShot
+from training.baselines import ALS, EASE, ItemKNN, Popularity, TextZeroShot
 from training.data.build import build_dataset
 from training.data.demo import write_demo
 from training.data.sources import load_sources
-from training.evaluate import evaluate_models, make_queries
-from training.sequences import load_dataset
+from training.evaluate import Query, evaluate_models, make_queries
+from training.sequences import Dataset, Timelines, load_dataset
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,8 @@ def ds(tmp_path_factory):
 def models(ds):
     text = np.random.default_rng(0).standard_normal((ds.n_items, 8)).astype(np.float32)
     return {"popularity": Popularity().fit(ds), "item-knn": ItemKNN(decay=0.5).fit(ds),
-            "als": ALS(factors=8, iterations=3).fit(ds), "text": TextZeroShot(text).fit(ds)}
+            "als": ALS(factors=8, iterations=3).fit(ds), "text": TextZeroShot(text).fit(ds),
+            "ease": EASE(lam=50.0).fit(ds)}
 
 
 def test_every_baseline_scores_each_platform_item_once(ds, models):
@@ -39,3 +40,63 @@ def test_collaborative_baselines_beat_popularity_on_topic_data(ds, models):
     res = evaluate_models(ds, {k: m.score for k, m in models.items()}, "valid", protocols=("full",))
     ndcg = {k: r["full"]["overall"]["ndcg@10"] for k, r in res.items()}
     assert ndcg["item-knn"] > ndcg["popularity"] and ndcg["als"] > ndcg["popularity"], ndcg
+    assert ndcg["ease"] > ndcg["popularity"], ndcg
+
+
+def _hand_made(n_pairs: int = 4, people_per_pair: int = 5, loners: int = 0) -> Dataset:
+    """Platform 0 items a0..a{n-1}, platform 1 items b0..b{n-1}: whoever has a_i also has b_i; item a_i has
+    more events the larger i is. `loners` extra items on platform 1 (rows 2n..) are seen once each."""
+    n = n_pairs
+    ids = [f"a{i}" for i in range(n)] + [f"b{i}" for i in range(n)] + [f"c{i}" for i in range(loners)]
+    plat = np.array([0] * n + [1] * (n + loners), dtype=np.int64)
+    timelines: list[list[int]] = []
+    for i in range(n):
+        timelines += [[i, n + i]] * (people_per_pair + i)
+    timelines += [[2 * n + j] for j in range(loners)]
+    offsets = np.cumsum([0] + [len(t) for t in timelines])
+    items = np.array([i for t in timelines for i in t], dtype=np.int64)
+    tl = Timelines([f"p{k}" for k in range(len(timelines))], offsets, items, plat[items],
+                   np.arange(len(items), dtype=np.int64))
+    return Dataset(["a", "b"], ids, plat, ids, tl, {})
+
+
+def _query(platform: int, items: list[int], ds: Dataset) -> Query:
+    hist = np.array(items, dtype=np.int64)
+    return Query(0, platform, hist, ds.item_platform[hist], np.zeros(len(hist), dtype=np.int64), 1, -1)
+
+
+def test_ease_recovers_co_occurrence_across_platforms():
+    ds = _hand_made()
+    m = EASE(lam=1.0).fit(ds)
+    n = 4
+    out = m.score([_query(1, [i], ds) for i in range(n)] + [_query(0, [n + i], ds) for i in range(n)])
+    for i in range(n):
+        assert np.argmax(out[i]) == i and np.argmax(out[n + i]) == i, (i, out[i], out[n + i])
+    # No history: popularity order (a3 has the most events).
+    assert np.argsort(-m.score([_query(0, [], ds)])[0]).tolist() == [3, 2, 1, 0]
+
+
+def test_ease_keeps_popular_items_and_ranks_the_rest_below_by_popularity():
+    ds = _hand_made(loners=3)
+    m = EASE(lam=1.0, max_items=4).fit(ds)  # platform 1 has 7 items: the loners (1 event each) go
+    assert m.min_count_used == 2
+    assert sorted(ds.item_ids[i] for i in m.kept) == [f"{x}{i}" for x in "ab" for i in range(4)]
+    assert EASE(max_items=100).fit(ds).min_count_used == 1
+    cand = ds.platform_items(1)
+    s = m.score([_query(1, [2], ds)])[0]
+    kept = np.isin(cand, m.kept)
+    assert kept.sum() == 4 and s[~kept].max() < s[kept].min() and np.argmax(s) == 2
+    # A loner has no co-occurrence: it sits below the kept items whatever the history.
+    assert m.score([_query(1, [8], ds)])[0][~kept].max() < m.score([_query(1, [8], ds)])[0][kept].min()
+
+
+def test_ease_matches_the_closed_form():
+    ds = _hand_made()
+    m = EASE(lam=2.0).fit(ds)
+    x = np.zeros((len(ds.timelines), ds.n_items))
+    for p in range(len(ds.timelines)):
+        x[p, ds.timelines.items[ds.timelines.span(p)]] = 1
+    inv = np.linalg.inv(x.T @ x + 2.0 * np.eye(ds.n_items))
+    b = np.eye(ds.n_items) - inv / np.diag(inv)
+    order = m.kept
+    assert np.allclose(m.b, b[np.ix_(order, order)], atol=1e-5) and np.all(np.diag(m.b) == 0)

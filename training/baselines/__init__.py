@@ -1,8 +1,9 @@
 """Baselines, all with one interface: `fit(ds)` then `score(queries)` (a `training.evaluate.ScoreFn`)."""
 
 from training.baselines.als import ALS
+from training.baselines.ease import EASE
 from training.baselines.itemknn import ItemKNN, build_neighbours
 from training.baselines.popularity import Popularity
 from training.baselines.text_zeroshot import TextZeroShot
 
-__all__ = ["ALS", "ItemKNN", "Popularity", "TextZeroShot", "build_neighbours"]
+__all__ = ["ALS", "EASE", "ItemKNN", "Popularity", "TextZeroShot", "build_neighbours"]

@@ -1,4 +1,5 @@
-"""Read CSV, JSON-lines and Parquet files (optionally gzipped) as rows of named columns, with line numbers.
+"""Read CSV (any one-character delimiter), JSON-lines and Parquet files (optionally gzipped) as rows of named
+columns, with line numbers.
 
 A reader yields `(line, values, problem)`: `values` holds one string (or None) per requested column, or is
 None when the line itself is malformed, in which case `problem` says why. A missing column in a header or
@@ -46,10 +47,20 @@ def _value(v: object) -> str | None:
     return v if isinstance(v, str) else str(v)
 
 
+def _delimiter_hint(header: list[str], delimiter: str) -> str:
+    """For a one-column header that looks delimited by something else: which key to set."""
+    if len(header) != 1:
+        return ""
+    for d in ("\t", ";", "|", ","):
+        if d != delimiter and d in header[0]:
+            return f" (one column: is the file delimited by {d!r}? set delimiter = {json.dumps(d)} in the mapping)"
+    return ""
+
+
 def read_csv(path: Path, columns: Sequence[str], optional: frozenset[str] = frozenset(),
-             progress: ProgressFn | None = None) -> Iterator[Row]:
+             progress: ProgressFn | None = None, delimiter: str = ",") -> Iterator[Row]:
     with path.open("rb") as raw, _open_text(raw, path) as text:
-        reader = csv.reader(text)
+        reader = csv.reader(text, delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:
@@ -59,7 +70,8 @@ def read_csv(path: Path, columns: Sequence[str], optional: frozenset[str] = froz
         index = {name.strip(): i for i, name in enumerate(header)}
         missing = [c for c in columns if c not in index and c not in optional]
         if missing:
-            raise DataError(path, 1, f"missing column {', '.join(map(repr, missing))}; header has {header}")
+            raise DataError(path, 1, f"missing column {', '.join(map(repr, missing))}; header has {header}"
+                                     + _delimiter_hint(header, delimiter))
         positions = [index.get(c) for c in columns]
         width = len(header)
         n = 0
@@ -147,8 +159,13 @@ _READERS = {"csv": read_csv, "jsonl": read_jsonl, "parquet": read_parquet}
 
 
 def read_rows(path: Path, fmt: Format, columns: Sequence[str], optional: frozenset[str] = frozenset(),
-              progress: ProgressFn | None = None) -> Iterator[Row]:
-    """Rows of `columns` from `path` in the given format; see the module docstring."""
+              progress: ProgressFn | None = None, delimiter: str | None = None) -> Iterator[Row]:
+    """Rows of `columns` from `path` in the given format; see the module docstring.
+
+    A CSV file is split at `delimiter`, else at the one its format carries (`sources.Delimited`), else at commas.
+    """
     if not path.is_file():
         raise DataError(path, 0, "file not found")
+    if fmt == "csv":
+        return read_csv(path, columns, optional, progress, delimiter or getattr(fmt, "delimiter", ","))
     return _READERS[fmt](path, columns, optional, progress)

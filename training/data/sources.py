@@ -5,9 +5,9 @@ from __future__ import annotations
 import glob
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Format = Literal["csv", "jsonl", "parquet"]
 _SUFFIX_FORMATS: dict[str, Format] = {
@@ -24,32 +24,89 @@ class SourceError(Exception):
     """The mapping file or a file it names is unusable (not a bad row: those are `DataError`)."""
 
 
-def detect_format(path: Path, declared: Format | None = None) -> Format:
-    """The declared format, else the one the file name says (a trailing `.gz` is looked through)."""
-    if declared:
-        return declared
+class Delimited(str):
+    """The format "csv" with its delimiter: equal to (and hashing as) "csv" wherever a format is compared, so
+    it goes wherever a `Format` goes; the CSV reader takes its `delimiter`. A source with a `delimiter` key
+    carries one as its `format`, and `detect_format` returns one for a `.tsv` file."""
+
+    delimiter: str
+
+    def __new__(cls, delimiter: str) -> Delimited:
+        obj = super().__new__(cls, "csv")
+        obj.delimiter = delimiter
+        return obj
+
+    def __repr__(self) -> str:
+        return f"Delimited({self.delimiter!r})"
+
+
+def _last_suffix(path: Path) -> str | None:
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]
-    if suffixes and suffixes[-1] in _SUFFIX_FORMATS:
-        return _SUFFIX_FORMATS[suffixes[-1]]
+    return suffixes[-1] if suffixes else None
+
+
+def detect_format(path: Path, declared: Format | None = None) -> Format:
+    """The declared format, else the one the file name says (a trailing `.gz` is looked through).
+
+    A `.tsv` name means CSV delimited by tabs, also under a declared `format = "csv"`; a declared delimiter
+    (a `Delimited` format) wins over the name.
+    """
+    suffix = _last_suffix(path)
+    if suffix == ".tsv" and declared in (None, "csv") and not isinstance(declared, Delimited):
+        return Delimited("\t")  # type: ignore[return-value]
+    if declared:
+        return declared
+    if suffix in _SUFFIX_FORMATS:
+        return _SUFFIX_FORMATS[suffix]
     raise SourceError(f"{path}: cannot tell the format from the name; set format = csv|jsonl|parquet")
+
+
+def _check_delimiter(v: str | None) -> str | None:
+    if v is None:
+        return v
+    if len(v) != 1:
+        raise ValueError(f"delimiter must be exactly one character, got {v!r}")
+    if v in "\"\r\n":
+        raise ValueError(f"delimiter cannot be {v!r} (a quote or line-break character)")
+    return v
+
+
+# For CSV-like files: one character other than a quote or a line break, e.g. ";" or "\t".
+Delimiter = Annotated[str | None, AfterValidator(_check_delimiter)]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CatalogSource(_Strict):
+class _FileSource(_Strict):
+    """A source read by the row readers: its `delimiter`, if set, travels in `format` (see `Delimited`)."""
+
+    @model_validator(mode="after")
+    def _delimiter_into_format(self) -> _FileSource:
+        delimiter = getattr(self, "delimiter", None)
+        fmt = getattr(self, "format", None)
+        if delimiter is not None:
+            if fmt not in (None, "csv"):
+                raise ValueError(f"delimiter is for CSV-like files, not format = {fmt!r}")
+            self.format = Delimited(delimiter)  # type: ignore[assignment]
+        return self
+
+
+class CatalogSource(_FileSource):
     file: str
     format: Format | None = None
+    delimiter: Delimiter = None
     id: str = Field(description="column holding the item id")
     text: str = Field(description="column holding the item text (title)")
 
 
-class PlatformSource(_Strict):
+class PlatformSource(_FileSource):
     events: list[str] = Field(description="event files, globs relative to the data root")
     format: Format | None = None
+    delimiter: Delimiter = None
     account: str
     item: str
     timestamp: str
@@ -65,19 +122,21 @@ class PlatformSource(_Strict):
         return [v] if isinstance(v, str) else v
 
 
-class IdentitySource(_Strict):
+class IdentitySource(_FileSource):
     file: str
     format: Format | None = None
+    delimiter: Delimiter = None
     person: str = "person_id"
     platform: str = "platform"
     account: str = "account_id"
 
 
-class EvalSource(_Strict):
+class EvalSource(_FileSource):
     """Held-out next-item targets, one file per split (e.g. valid, test)."""
 
     splits: dict[str, str]
     format: Format | None = None
+    delimiter: Delimiter = None
     platform: str = "platform"
     account: str = "account_id"
     item: str = "item_id"
