@@ -23,6 +23,11 @@ def account_key(salt: str, platform: str, account: str) -> str:
     return "a_" + pseudonymise(salt, "account", platform, account)
 
 
+def linked_person_key(salt: str, person: str) -> str:
+    """The person id of an account the identity-link table ties to `person` (the table's own id)."""
+    return "p_" + pseudonymise(salt, "person", person)
+
+
 def unlinked_person_key(salt: str, platform: str, account: str) -> str:
     """The person id of an account with no identity link: the build gives such an account a person of
     its own with exactly this formula (`training.data.fuse.IdentityMap.person`), so an account the bundle

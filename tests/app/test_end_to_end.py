@@ -5,7 +5,6 @@ evaluator's ranking (torch model, same features code) puts first.
 """
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +19,8 @@ from training.data.demo import write_demo
 from training.data.sources import load_sources
 from training.evaluate import make_queries
 from training.model import ModelConfig
-from training.pipeline import new_item_vectors
 from training.report import model_rankers
-from training.text_vectors import encode_texts
+from training.skew import expected_top, new_item_case
 from training.train import TrainConfig, train
 
 SALT = "e2e-salt"
@@ -53,14 +51,10 @@ def test_service_top10_equals_the_offline_ranking(pipeline, redis_prefix, tmp_pa
     settings = make_settings(bundle, redis_prefix, tmp_path / "events", id_salt=SALT)
     with TestClient(create_app(settings)) as client:
         for q, scores in zip(queries, offline, strict=True):
-            cand = ds.platform_items(q.platform)
-            s = scores.copy()
-            s[np.isin(cand, q.items)] = -np.inf
-            expected = [ds.item_ids[cand[j]] for j in np.argsort(-s, kind="stable")[:10]]
             r = client.post("/v1/recommend", json={"person_id": ds.timelines.persons[q.person],
                                                    "platform": ds.platforms[q.platform], "k": 10, "now_ts": q.now})
             assert r.status_code == 200, r.text
-            assert [i["item_id"] for i in r.json()["items"]] == expected
+            assert [i["item_id"] for i in r.json()["items"]] == expected_top(ranker, q, 10, scores)
 
 
 def test_events_change_the_next_recommendation(pipeline, redis_prefix, tmp_path):
@@ -97,27 +91,15 @@ def test_a_new_item_ranks_where_the_offline_text_only_ranking_puts_it(pipeline, 
     with TestClient(create_app(settings)) as client:
         for n, q in enumerate(queries):
             platform = ds.platforms[q.platform]
-            src = int(ds.platform_items(q.platform)[(7 * n) % 40])
-            new_id = f"{platform}:new-{n}"
-            r = client.put("/v1/items", json={"items": [{"item_id": new_id, "platform": platform,
-                                                         "title": ds.titles[src]}]}, headers=AUTH)
+            case = new_item_case(ranker, q, int(ds.platform_items(q.platform)[(7 * n) % 40]), f"{platform}:new-{n}",
+                                 cfg.text_max_length, cfg.text_model)
+            r = client.put("/v1/items", json={"items": [{"item_id": case.new_id, "platform": platform,
+                                                         "title": case.title}]}, headers=AUTH)
             assert r.status_code == 200, r.text
-            # Offline: the trained model's vector for a never-seen item with that title, among the top 10.
-            text = encode_texts([ds.titles[src]], cfg.text_max_length, cache_dir=None, progress=False,
-                                model_path=Path(cfg.text_model))
-            new_vec = new_item_vectors(ranker.model, text, np.array([q.platform]))
-            final = ranker.final([q])[0]
-            cand = ds.platform_items(q.platform)
-            final[np.isin(cand, q.items)] = -np.inf
-            top = cand[np.argsort(-final, kind="stable")[:10]]
-            vecs = np.vstack([ranker.item_vecs[top], new_vec])
-            scores = ranker.score_items(q, vecs, np.r_[top, -1])
-            ids = [ds.item_ids[r] for r in top] + [new_id]
-            expected = [ids[j] for j in np.argsort(-scores, kind="stable")]
             r = client.post("/v1/rank", json={"person_id": ds.timelines.persons[q.person], "platform": platform,
-                                              "now_ts": q.now, "items": [{"item_id": i} for i in ids]})
+                                              "now_ts": q.now, "items": [{"item_id": i} for i in case.ids]})
             assert r.status_code == 200, r.text
             got = r.json()["items"]
-            assert [i["item_id"] for i in got] == expected
+            assert [i["item_id"] for i in got] == case.expected
             served = {i["item_id"]: i["score"] for i in got}
-            np.testing.assert_allclose(served[new_id], scores[-1], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(served[case.new_id], case.new_score, rtol=1e-4, atol=1e-4)

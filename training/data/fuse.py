@@ -9,9 +9,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 # The hashing lives in contract.ids: the service must compute the very same keys from raw request ids.
-from contract.ids import account_key, pseudonymise
+from contract.ids import account_key, linked_person_key, unlinked_person_key
 
-__all__ = ["IdentityMap", "LinkConflict", "account_key", "fuse_history", "pseudonymise"]
+__all__ = ["IdentityMap", "LinkConflict", "account_key", "fuse_history"]
 
 
 class LinkConflict(ValueError):
@@ -40,8 +40,8 @@ class IdentityMap:
     def person(self, platform: str, account: str) -> str:
         linked = self.links.get((platform, account))
         if linked is not None:
-            return "p_" + pseudonymise(self.salt, "person", linked)
-        return "p_" + pseudonymise(self.salt, "person", platform, account)
+            return linked_person_key(self.salt, linked)
+        return unlinked_person_key(self.salt, platform, account)
 
     def linked_people(self) -> int:
         """Persons whose linked accounts span more than one platform."""

@@ -1,6 +1,7 @@
 import pytest
 
-from training.data.fuse import IdentityMap, LinkConflict, account_key, fuse_history, pseudonymise
+from contract.ids import pseudonymise
+from training.data.fuse import IdentityMap, LinkConflict, account_key, fuse_history
 
 
 def test_linked_accounts_share_a_person_and_unlinked_are_their_own():
