@@ -5,7 +5,8 @@
 2. Middleware, outermost first: request metrics (latency per route), then the body-size limit (413).
 3. The router for the area (app/api/routes/*): its dependencies check the API key (401/403) and hand the
    handler the current bundle (503 while none is loaded).
-4. FastAPI validates the body against its pydantic model: 422 with the field path of each error.
+4. FastAPI validates the body against its pydantic model: 422 with the field path of each error (415
+   for a body not sent as JSON).
 5. The handler calls app/services; input that only the bundle can judge (an unknown platform, an item
    without text) comes back as `InputError` and becomes a 422 of the same shape.
 
@@ -20,9 +21,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.main import routers
 from app.api.middleware import BodySizeLimit, RequestMetrics
@@ -67,15 +70,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # or hold raw account ids)
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI parses a body as JSON only under a JSON content type; otherwise the model gets the raw
+        # bytes and fails. That is the wrong media type (415), not a wrong field (422).
+        if any(e.get("loc") == ("body",) and isinstance(e.get("input"), bytes | bytearray) for e in exc.errors()):
+            given = request.headers.get("content-type")
+            got = f"got {given[:100]!r}" if given else "the header is missing"
+            return _error(415, "unsupported_media_type", ["header", "content-type"],
+                          f"the body must be JSON, sent with Content-Type: application/json ({got})")
         errors = [{k: v for k, v in e.items() if k not in ("input", "ctx", "url")} for e in exc.errors()]
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # A body JSON could not even parse into Python values (a number of over 4300 digits, bytes that
+        # are not UTF-8): FastAPI says a bare 400; it is invalid JSON, a 422 saying why.
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            why = ("a number has too many digits" if "integer string conversion" in str(exc.__cause__)
+                   else "not UTF-8 JSON")
+            return _error(422, "json_invalid", ["body"], f"JSON decode error: {why}")
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(InputError)
     async def invalid_for_bundle(request: Request, exc: InputError) -> JSONResponse:
-        return JSONResponse({"detail": [{"type": "value_error", "loc": list(exc.loc), "msg": exc.msg}]},
-                            status_code=422)
+        return _error(422, "value_error", list(exc.loc), exc.msg)
 
     return app
+
+
+def _error(status: int, kind: str, loc: list[str | int], msg: str) -> JSONResponse:
+    """A 4xx in the shape of FastAPI's 422: `{"detail": [{"type", "loc", "msg"}]}` (`ErrorItem`)."""
+    return JSONResponse({"detail": [{"type": kind, "loc": loc, "msg": msg}]}, status_code=status)
 
 
 app = create_app()

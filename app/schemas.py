@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Pseudonymous person ids as the bundle writes them ("p_" + keyed hash).
 PERSON_ID = r"^p_[A-Za-z0-9_-]{1,64}$"
 Id = Field(min_length=1, max_length=256)
+ItemRef = Annotated[str, Field(max_length=256)]
+
+# Every number a request can carry is bounded here, so no value that passes validation can overflow an
+# int64 or a float64 further on: timestamps up to 2200-01-01 UTC (epoch seconds), counts and list
+# lengths below, and no NaN or infinity anywhere (`allow_inf_nan=False`).
+MAX_TS = 7_258_118_400
+EpochSeconds = Annotated[int, Field(ge=0, le=MAX_TS, description="epoch seconds, UTC (at most year 2200)")]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PersonRef(_Body):
@@ -35,7 +42,7 @@ class ContextEvent(_Body):
 
     platform: str = Field(min_length=1, max_length=64)
     item_id: str = Id
-    ts: int = Field(ge=0, description="epoch seconds, UTC")
+    ts: EpochSeconds
     event: str = Field(default="interaction", min_length=1, max_length=64)
 
 
@@ -43,11 +50,11 @@ class RecommendRequest(PersonRef):
     platform: str = Field(min_length=1, max_length=64, description="the platform to recommend items of")
     k: int = Field(default=20, ge=1, le=200)
     exclude_seen: bool = True
-    exclude_items: list[str] = Field(default_factory=list, max_length=1000)
+    exclude_items: list[ItemRef] = Field(default_factory=list, max_length=1000)
     context_events: list[ContextEvent] = Field(default_factory=list, max_length=200)
-    now_ts: int | None = Field(default=None, ge=0,
-                               description="evaluate as of this time (epoch s; replays and tests); "
-                                           "default: now. Such requests bypass the cache")
+    now_ts: EpochSeconds | None = Field(default=None,
+                                        description="evaluate as of this time (epoch s; replays and tests); "
+                                                    "default: now. Such requests bypass the cache")
 
 
 class Reason(BaseModel):
@@ -77,7 +84,7 @@ class EventIn(_Body):
     account_id: str = Id
     item_id: str = Id
     event: str = Field(default="interaction", min_length=1, max_length=64)
-    ts: int = Field(ge=0, lt=1 << 40, description="epoch seconds, UTC")
+    ts: EpochSeconds
 
 
 class EventsRequest(_Body):
@@ -133,7 +140,7 @@ class RankRequest(PersonRef):
     platform: str = Field(min_length=1, max_length=64, description="the platform the items are shown on")
     items: list[RankItem] = Field(min_length=1, max_length=1000)
     context_events: list[ContextEvent] = Field(default_factory=list, max_length=200)
-    now_ts: int | None = Field(default=None, ge=0)
+    now_ts: EpochSeconds | None = None
 
 
 class RankedItem(BaseModel):
@@ -157,11 +164,11 @@ class BatchPerson(PersonRef):
 class BatchScoreRequest(_Body):
     platform: str = Field(min_length=1, max_length=64)
     persons: list[BatchPerson] = Field(min_length=1, max_length=100_000)
-    items: list[str] | None = Field(default=None, min_length=1, max_length=1000,
+    items: list[ItemRef] | None = Field(default=None, min_length=1, max_length=1000,
                                     description="score these catalog items for everyone, or…")
     k: int | None = Field(default=None, ge=1, le=200, description="…recommend the top k to each")
     exclude_seen: bool = True
-    now_ts: int | None = Field(default=None, ge=0)
+    now_ts: EpochSeconds | None = None
 
     @model_validator(mode="after")
     def _items_or_k(self) -> BatchScoreRequest:
@@ -192,6 +199,21 @@ class BatchSummary(BaseModel):
     model_version: str
     degraded: bool
     took_ms: float
+
+
+class ErrorItem(BaseModel):
+    """One error, as in the `detail` list of a 422: what kind, where (`loc`: the field path), why."""
+
+    type: str
+    loc: list[str | int]
+    msg: str
+
+
+class BatchError(BaseModel):
+    """The last NDJSON line instead of the summary when scoring failed after the first line was sent
+    (the status, 200, was sent before): `loc` is the first person whose row was not sent."""
+
+    error: ErrorItem
 
 
 class ReloadRequest(_Body):

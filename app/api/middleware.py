@@ -10,10 +10,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.metrics import Metrics
 
+# Set in the request scope by a streaming route whose body failed after the 200 headers went out (it
+# ended the stream with an error line): the request is counted as a 500, not as the 200 that was sent.
+STREAM_FAILED = "xrec.stream_failed"
+
 
 class RequestMetrics:
     """Latency histogram and status counter per route template (not per raw path: ids would explode the
-    label set). Streaming responses are timed to their last byte."""
+    label set). Streaming responses are timed to their last byte; one that fails midway counts as a 500."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -34,7 +38,12 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, send_status)
+        except Exception:
+            status = 500  # also when it fails after the response started
+            raise
         finally:
+            if scope.get(STREAM_FAILED):
+                status = 500
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")

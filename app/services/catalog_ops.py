@@ -16,6 +16,7 @@ from datetime import datetime
 import numpy as np
 
 from app.core.metrics import Metrics
+from app.services.errors import InputError
 from app.services.event_log import CatalogChange, CatalogLog, read_catalog_changes
 from app.services.model_bundle import LoadedBundle
 from app.services.redis_store import Keys, RedisGuard, RedisUnavailable
@@ -86,6 +87,24 @@ class CatalogService:
             self.apply(bundle, keep)
             log.info("re-applied %d recorded catalog changes to bundle %s", len(keep), bundle.model_version)
         return len(keep)
+
+
+def item_platform(bundle: LoadedBundle, item_id: str) -> str | None:
+    """The platform an item id belongs to: its catalog row's (live or deleted), else the platform it is
+    namespaced with ('<platform>:<id>') when that is one of the bundle's; None when nothing says."""
+    catalog = bundle.catalog
+    row = catalog.row_of.get(item_id)
+    if row is not None:
+        return bundle.platforms[int(catalog.platform[row])]
+    prefix, colon, _ = item_id.partition(":")
+    return prefix if colon and prefix in bundle.platform_of else None
+
+
+def check_item_platform(bundle: LoadedBundle, item_id: str, platform: str, loc: tuple[str | int, ...]) -> None:
+    """Refuse (InputError at `loc`) an item of another platform than `platform`."""
+    owner = item_platform(bundle, item_id)
+    if owner is not None and owner != platform:
+        raise InputError(loc, f"item {item_id!r} belongs to platform {owner!r}, not {platform!r}")
 
 
 def _epoch(iso: str) -> float:

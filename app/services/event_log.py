@@ -88,6 +88,7 @@ class AppendLog:
         self.stem = stem
         self._lock = threading.Lock()
         self._tag = f"{socket.gethostname()}-{os.getpid()}"
+        self._dir_checked = False
 
     def path_for(self, when: float) -> Path:
         day = datetime.fromtimestamp(when, UTC).strftime("%Y%m%d")
@@ -98,10 +99,16 @@ class AppendLog:
         data = ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self._dir_checked:
+                _restrict(self.directory, 0o700)  # mkdir's mode only applies to a folder it creates
+                self._dir_checked = True
             path = self.path_for(time.time())
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                start = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                if st.st_mode & 0o077:  # a file that was there before, with a wider mode
+                    _restrict(path, 0o600, fd)
+                start = st.st_size
                 view = memoryview(data)
                 while view:
                     written = os.write(fd, view)
@@ -110,6 +117,18 @@ class AppendLog:
             finally:
                 os.close(fd)
         return path, start, start + len(data)
+
+
+def _restrict(path: Path, mode: int, fd: int | None = None) -> None:
+    """Set the mode the module docstring promises; a folder or file the service may not chmod (another
+    owner) is used as it is, with a warning, rather than refusing events."""
+    try:
+        if fd is None:
+            os.chmod(path, mode)
+        else:
+            os.fchmod(fd, mode)
+    except PermissionError:
+        log.warning("%s: could not set mode %o (not the service user's); check its permissions", path, mode)
 
 
 class EventLog(AppendLog):

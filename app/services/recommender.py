@@ -19,6 +19,7 @@ import numpy as np
 from app.core.config import Settings
 from app.core.metrics import Metrics
 from app.services.cache import LRU, RankedCache, RankedEntry, RankedKey
+from app.services.catalog_ops import check_item_platform
 from app.services.errors import InputError
 from app.services.model_bundle import LoadedBundle
 from app.services.profiles import Profile, ProfileStore, merge_events
@@ -105,6 +106,7 @@ class Recommender:
         person = self.resolve_person(bundle, body.person_id, body.account_id, body.account_platform or body.platform)
         for i, e in enumerate(body.context_events):
             self.platform_id(bundle, e.platform, ("body", "context_events", i, "platform"))
+            check_item_platform(bundle, e.item_id, e.platform, ("body", "context_events", i, "item_id"))
         return target, person
 
     # ---- /v1/recommend ---------------------------------------------------------------------------------

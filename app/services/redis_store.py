@@ -9,6 +9,7 @@ Keys (prefix = XREC_REDIS_PREFIX, default "xrec"):
   {prefix}:stream:events                     stream: every new event, pseudonymous (for other consumers)
   {prefix}:catalog                           hash item_id → latest catalog change (upsert/delete)
   {prefix}:replay:{file}                     bytes of an event-log file already applied to Redis
+  {prefix}:replay-acked:{file}               sorted set: applied byte ranges beyond a gap (see ADVANCE_LUA)
   {prefix}:bus                               pub/sub: invalidations between replicas
 """
 
@@ -53,13 +54,33 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
-# Move a replay offset from `start` to `end` only if nobody moved it meanwhile: batches written to a log
-# file are applied to Redis in any order, and the offset must never skip one that was not applied.
+# Acknowledge that bytes [start, end) of a log file are applied to Redis, and move the file's replay
+# offset to the end of the contiguous applied prefix. Batches finish in any order: one that ends beyond a
+# gap (an earlier batch still in flight, or never applied) waits in the sorted set KEYS[2] (score start,
+# member "start:end") until the gap is acknowledged, so the offset never skips an unapplied byte, never
+# goes backwards, and reaches the furthest offset once every batch before it is in. Returns the offset.
 ADVANCE_LUA = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if cur ~= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
+local s, e = tonumber(ARGV[1]), tonumber(ARGV[2])
+if e <= cur then return cur end
+if s > cur then
+  redis.call('ZADD', KEYS[2], s, ARGV[1] .. ':' .. ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  return cur
+end
+cur = e
+while true do
+  local upto = cur
+  local ready = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', upto)
+  if #ready == 0 then break end
+  for _, m in ipairs(ready) do
+    local stop = tonumber(string.match(m, ':(%d+)$'))
+    if stop > cur then cur = stop end
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', upto)
+end
+redis.call('SET', KEYS[1], string.format('%d', cur))
+return cur
 """
 
 
@@ -84,6 +105,9 @@ class Keys:
 
     def replay(self, file_name: str) -> str:
         return f"{self.prefix}:replay:{file_name}"
+
+    def replay_acked(self, file_name: str) -> str:
+        return f"{self.prefix}:replay-acked:{file_name}"
 
 
 class RedisUnavailable(Exception):

@@ -17,7 +17,7 @@ from app.core.config import Settings
 from app.core.metrics import Metrics
 from app.services.bus import Bus
 from app.services.cache import RankedCache
-from app.services.catalog_ops import CatalogService
+from app.services.catalog_ops import CatalogService, check_item_platform
 from app.services.errors import NoBundle
 from app.services.event_log import CatalogChange, CatalogLog, EventLog, LoggedEvent, log_files, parse_events, read_lines
 from app.services.model_bundle import LoadedBundle, load_bundle
@@ -109,6 +109,7 @@ class ServiceState:
         events = []
         for i, (event_id, platform, account, item_id, event, ts) in enumerate(raw):
             self.recommender.platform_id(bundle, platform, ("body", "events", i, "platform"))
+            check_item_platform(bundle, item_id, platform, ("body", "events", i, "item_id"))
             person = self.recommender.resolve_person(bundle, None, account, platform)
             events.append(LoggedEvent(event_id, platform, account, account_key(salt, platform, account), person,
                                       item_id, event, int(ts), now))
@@ -131,9 +132,12 @@ class ServiceState:
         self.bus.publish("person", p=list(persons))
 
     def _advance(self, file_name: str, start: int, end: int) -> None:
+        """Bytes [start, end) of the file are applied: the replay offset moves to the end of the applied
+        prefix (forward only, whatever order batches finish in; see ADVANCE_LUA)."""
         # Unavailable: the next replay re-reads those lines; event ids make that harmless.
+        keys = [self.keys.replay(file_name), self.keys.replay_acked(file_name)]
         with contextlib.suppress(RedisUnavailable):
-            self.guard.run(lambda r: self.guard.advance(keys=[self.keys.replay(file_name)], args=[start, end]))
+            self.guard.run(lambda r: self.guard.advance(keys=keys, args=[start, end, self.settings.event_ttl_s]))
 
     def replay_event_log(self) -> int:
         """Apply logged events Redis has not seen (it restarted empty, or was down when they came).

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import logging
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Scope
 
 from app.api.deps import BundleDep, StateDep, WriteAuth
-from app.schemas import BatchScoreRequest
+from app.api.middleware import STREAM_FAILED
+from app.schemas import BatchError, BatchScoreRequest, ErrorItem
 from app.services.errors import InputError
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["batch"], dependencies=[WriteAuth])
 
 NDJSON = "application/x-ndjson"
@@ -16,10 +22,12 @@ NDJSON = "application/x-ndjson"
 
 @router.post("/v1/batch/score", response_class=StreamingResponse,
              responses={200: {"content": {NDJSON: {}},
-                              "description": "one BatchRow per person, in request order, then a BatchSummary"}})
-def batch_score(body: BatchScoreRequest, bundle: BundleDep, state: StateDep) -> StreamingResponse:
+                              "description": "one BatchRow per person, in request order, then a BatchSummary; "
+                                             "a BatchError instead of the summary if scoring failed midway"}})
+def batch_score(body: BatchScoreRequest, request: Request, bundle: BundleDep, state: StateDep) -> StreamingResponse:
     """Every input is checked before the first line is sent (a 422 cannot follow a 200). Persons are
-    then scored a chunk at a time (XREC_BATCH_CHUNK), so memory does not grow with the number of rows."""
+    then scored a chunk at a time (XREC_BATCH_CHUNK), so memory does not grow with the number of rows.
+    A failure after that ends the stream with a `BatchError` line, never silently."""
     rec = state.recommender
     target = rec.platform_id(bundle, body.platform, ("body", "platform"))
     persons = [rec.resolve_person(bundle, p.person_id, p.account_id, p.account_platform or body.platform,
@@ -30,4 +38,20 @@ def batch_score(body: BatchScoreRequest, bundle: BundleDep, state: StateDep) -> 
             if not catalog.is_live(item) or int(catalog.platform[catalog.row_of[item]]) != target:
                 raise InputError(("body", "items", i), f"item {item!r} is not a live {body.platform} item")
     lines = rec.batch_lines(bundle, persons, target, body.items, body.k, body.exclude_seen, body.now_ts)
-    return StreamingResponse(lines, media_type=NDJSON)
+    return StreamingResponse(_ending_in_error_line(lines, request.scope), media_type=NDJSON)
+
+
+def _ending_in_error_line(lines: Iterator[bytes], scope: Scope) -> Iterator[bytes]:
+    """The lines as they come; if producing them fails, one last `BatchError` line (the client sees why
+    the summary is missing and from which row to retry) and the request counts as a 500 in the metrics."""
+    sent = 0
+    try:
+        for chunk in lines:
+            yield chunk
+            sent += chunk.count(b"\n")
+    except Exception:
+        log.exception("batch scoring failed after %d rows had been sent", sent)
+        scope[STREAM_FAILED] = True
+        error = ErrorItem(type="internal_error", loc=["body", "persons", sent],
+                          msg=f"scoring failed after {sent} rows: persons from index {sent} on were not scored")
+        yield BatchError(error=error).model_dump_json().encode() + b"\n"
