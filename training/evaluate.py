@@ -8,6 +8,9 @@ Protocols, for every target of a split (valid/test):
 - `new_to_platform`: `full`, but the person's history on the target platform is hidden: only their other
   platforms remain (a known customer arriving at a new shop).
 Breakdowns: per platform, and per bucket of the person's history length on the target platform.
+
+Popularity bias (`full` only, per platform and overall, from each query's top 10 with seen items excluded
+as in `ranks`): catalog coverage, Gini of exposure, long-tail share and novelty (`bias_metrics`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ KS_RECALL = (10, 20, 50)
 KS_NDCG = (10, 20)
 BUCKETS = ((0, 0, "0"), (1, 2, "1-2"), (3, 9, "3-9"), (10, 10**9, "10+"))
 SAMPLED_NEGATIVES = 999
+TOP_K = 10  # the recommendation list whose popularity bias is measured
+LONG_TAIL = 0.8  # the long tail: this share of a platform's items, the least popular by training events
+BIAS_KEYS = ("coverage", "gini", "long_tail", "novelty")
 
 
 @dataclass
@@ -62,9 +68,23 @@ def make_queries(ds: Dataset, split: str, new_to_platform: bool = False) -> list
     return out
 
 
+def top_positions(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k highest scores, best first, ties by position; -inf (excluded) is never listed, so
+    fewer than k come back when fewer than k items are left."""
+    n = len(scores)
+    # Only the k-th highest score and above can make the list (all of them, when ties straddle the cut).
+    cand = np.flatnonzero(scores >= np.partition(scores, n - k)[n - k]) if n > k else np.arange(n)
+    cand = cand[scores[cand] > -np.inf]
+    return cand[np.lexsort((cand, -scores[cand]))][:k]
+
+
 def ranks(ds: Dataset, queries: Sequence[Query], score_fn: ScoreFn, batch: int = 256,
-          exclude_seen: bool = True) -> np.ndarray:
-    """0-based rank of each target among its platform's items (ties counted against the target)."""
+          exclude_seen: bool = True, top: np.ndarray | None = None) -> np.ndarray:
+    """0-based rank of each target among its platform's items (ties counted against the target).
+
+    `top` (int64 [len(queries), k], optional) receives each query's top-k item rows, best first (ties by item
+    row), from the same scores with the same seen items excluded — the person's seen items, whether or not the
+    target is among them, since a recommender cannot know the target; -1 pads a list shorter than k."""
     cand = {p: ds.platform_items(p) for p in range(len(ds.platforms))}
     pos = {p: {int(item): j for j, item in enumerate(c)} for p, c in cand.items()}
     out = np.empty(len(queries), dtype=np.int64)
@@ -77,6 +97,10 @@ def ranks(ds: Dataset, queries: Sequence[Query], score_fn: ScoreFn, batch: int =
             if exclude_seen:
                 seen = [pos[q.platform][int(i)] for i in q.items if int(i) in pos[q.platform]]
                 scores[seen] = -np.inf
+            if top is not None:
+                best = cand[q.platform][top_positions(scores, top.shape[1])]
+                top[b + k, :len(best)] = best
+                top[b + k, len(best):] = -1
             scores[j] = -np.inf  # the target is never excluded, and does not outrank itself
             out[b + k] = int(np.sum(scores >= target_score))
     return out
@@ -158,10 +182,72 @@ def breakdown(ds: Dataset, queries: Sequence[Query], r: np.ndarray, n_target: np
     return {"platform": by_platform, "bucket": by_bucket}
 
 
+def long_tail_mask(pop: np.ndarray) -> np.ndarray:
+    """One platform's items (their training event counts): True for the long tail, the floor(0.8·n) least
+    popular items; among equal counts a lower item row counts as more popular."""
+    n = len(pop)
+    order = np.lexsort((np.arange(n), -np.asarray(pop)))  # most popular first
+    mask = np.zeros(n, dtype=bool)
+    mask[order[n - int(LONG_TAIL * n + 1e-9):]] = True
+    return mask
+
+
+def gini(x: np.ndarray) -> float:
+    """Gini coefficient of non-negative values: sum_j (2j - n - 1) x_(j) / ((n - 1) sum x), x ascending,
+    j = 1..n — 0 when all are equal, 1 when one value holds everything (0 for n < 2 or all zero)."""
+    x = np.sort(np.asarray(x, dtype=np.float64))
+    n, total = len(x), float(np.sum(x))
+    if n < 2 or total <= 0:
+        return 0.0
+    j = np.arange(1, n + 1)
+    return float(np.sum((2 * j - n - 1) * x) / ((n - 1) * total))
+
+
+def _bias(exposure: np.ndarray, tail: np.ndarray, info: np.ndarray, k: int) -> dict[str, float]:
+    """Bias metrics from per-item top-k exposure (slots), long-tail flags and self-information."""
+    slots = int(np.sum(exposure))
+    per_slot = (lambda v: float(np.sum(exposure * v) / slots)) if slots else (lambda v: float("nan"))
+    return {f"coverage@{k}": float(np.mean(exposure > 0)) if len(exposure) else float("nan"),
+            f"gini@{k}": gini(exposure), f"long_tail@{k}": per_slot(tail), f"novelty@{k}": per_slot(info)}
+
+
+def bias_metrics(ds: Dataset, queries: Sequence[Query], top: np.ndarray) -> dict[str, dict]:
+    """Popularity bias of top-k lists (`top`: item rows per query, -1 padding; k = its width).
+
+    For a platform P (its n items, c(i) = training events of item i, `ds.popularity()`), over the lists of
+    the queries on P, exposure e(i) = number of list slots holding item i:
+    - coverage@k = share of P's items with e(i) > 0;
+    - gini@k = `gini` of e over all of P's items (unexposed ones included);
+    - long_tail@k = share of the slots that hold a long-tail item (`long_tail_mask`: bottom 80% by c);
+    - novelty@k = mean over the slots of -log2 p(i), p(i) = (c(i) + 1) / (sum_P c + n).
+    Overall: the same over all slots, the items of every platform that has a query side by side.
+    Returns {"overall": {...}, "platform": {name: {...}}} (platforms without queries are left out)."""
+    k = top.shape[1]
+    pop = ds.popularity()
+    qplat = np.array([q.platform for q in queries], dtype=np.int64)
+    per: dict[str, dict[str, float]] = {}
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for p, name in enumerate(ds.platforms):
+        sel = qplat == p
+        if not sel.any():
+            continue
+        items = ds.platform_items(p)
+        listed = top[sel]
+        listed = listed[listed >= 0]
+        exposure = np.bincount(np.searchsorted(items, listed), minlength=len(items))
+        c = pop[items].astype(np.float64)
+        info = -np.log2((c + 1.0) / (c.sum() + len(items)))
+        parts.append((exposure, long_tail_mask(c), info))
+        per[name] = _bias(*parts[-1], k)
+    exposure, tail, info = (np.concatenate(a) for a in zip(*parts, strict=True)) if parts else [np.zeros(0)] * 3
+    return {"overall": _bias(exposure, tail, info, k), "platform": per}
+
+
 def evaluate_models(ds: Dataset, models: dict[str, ScoreFn], split: str,
                     protocols: Sequence[str] = ("full", "new_to_platform", "sampled"),
                     log: Callable[[str], None] = print) -> dict[str, dict]:
-    """{model: {protocol: {overall, platform, bucket}}} on one split."""
+    """{model: {protocol: {overall, platform, bucket}}} on one split. On `full`, `overall` and each
+    platform's entry also hold the popularity-bias metrics of the top 10 (`bias_metrics`)."""
     queries = {"full": make_queries(ds, split), "sampled": None,
                "new_to_platform": make_queries(ds, split, new_to_platform=True)}
     queries["sampled"] = queries["full"]
@@ -173,16 +259,24 @@ def evaluate_models(ds: Dataset, models: dict[str, ScoreFn], split: str,
             if proto == "sampled":
                 res[proto] = {"overall": sampled_metrics(sampled_ranks(ds, qs, fn))}
             else:
-                r, n_target = ranks(ds, qs, fn), target_history(qs)
+                top = np.full((len(qs), TOP_K), -1, dtype=np.int64) if proto == "full" else None
+                r, n_target = ranks(ds, qs, fn, top=top), target_history(qs)
                 # Per-query ranks too: paired comparisons (bootstrap intervals) between models need them.
                 res[proto] = {"overall": metrics_from_ranks(r), **breakdown(ds, qs, r, n_target),
                               "per_query": {"rank": r.tolist(), "target_history": n_target.tolist()}}
+                if top is not None:
+                    bias = bias_metrics(ds, qs, top)
+                    res[proto]["overall"].update(bias["overall"])
+                    for pname, m in bias["platform"].items():
+                        res[proto]["platform"][pname].update(m)
         out[name] = res
         f = res.get("full", {}).get("overall", {})
         n = res.get("new_to_platform", {}).get("overall", {})
+        bias = (f"  coverage@{TOP_K} {f[f'coverage@{TOP_K}']:.3f}  long-tail@{TOP_K} "
+                f"{f[f'long_tail@{TOP_K}']:.3f}" if f"coverage@{TOP_K}" in f else "")
         log(f"{split} {name:>22}: NDCG@10 {f.get('ndcg@10', float('nan')):.4f}  "
             f"Recall@10 {f.get('recall@10', float('nan')):.4f}  new-to-platform NDCG@10 "
-            f"{n.get('ndcg@10', float('nan')):.4f}")
+            f"{n.get('ndcg@10', float('nan')):.4f}{bias}")
     return out
 
 
@@ -211,7 +305,26 @@ def markdown_table(results: dict[str, dict], split: str) -> str:
         bk = res.get("full", {}).get("bucket", {})
         lines.append(f"| {name} | " + " | ".join(f"{bk[b].get('ndcg@10', 0):.4f}" if bk.get(b, {}).get("n")
                                                  else "–" for b in names) + " |")
+    lines += bias_table(results, split)
     return "\n".join(lines) + "\n"
+
+
+def bias_table(results: dict[str, dict], split: str, protocol: str = "full") -> list[str]:
+    """Markdown lines: the popularity-bias metrics per model, overall ("all") then per platform."""
+    cols = [f"{key}@{TOP_K}" for key in BIAS_KEYS]
+    if not any(cols[0] in res.get(protocol, {}).get("overall", {}) for res in results.values()):
+        return []
+    lines = ["", f"#### {split}: popularity bias of the top {TOP_K} ({protocol} ranking; long tail = the "
+                 f"{LONG_TAIL:.0%} least popular of a platform's items by training events)", "",
+             f"| model | platform | coverage@{TOP_K} | Gini of exposure | long-tail share | novelty (bits) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for name, res in results.items():
+        r = res.get(protocol, {})
+        scopes = [("all", r.get("overall", {}))] + list(r.get("platform", {}).items())
+        for scope, m in scopes:
+            if cols[0] in m:
+                lines.append(f"| {name} | {scope} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |")
+    return lines
 
 
 def bucket_chart(results: dict[str, dict], split: str, out: Path, protocol: str = "full") -> Path:
@@ -238,8 +351,43 @@ def bucket_chart(results: dict[str, dict], split: str, out: Path, protocol: str 
     return out
 
 
+def bias_chart(results: dict[str, dict], split: str, out: Path, protocol: str = "full") -> Path:
+    """Grouped bars per model, overall: coverage, long-tail share and Gini (left), novelty in bits (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shares = [(f"coverage@{TOP_K}", "catalog coverage"), (f"long_tail@{TOP_K}", "long-tail share"),
+              (f"gini@{TOP_K}", "Gini of exposure")]
+    models = {m: res[protocol]["overall"] for m, res in results.items()
+              if shares[0][0] in res.get(protocol, {}).get("overall", {})}
+    fig, (ax, ax_nov) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.8 / max(len(models), 1)
+    for k, (model, m) in enumerate(models.items()):
+        ax.bar(np.arange(len(shares)) + k * width, [m[key] for key, _ in shares], width, label=model)
+    ax.set_xticks(np.arange(len(shares)) + width * (len(models) - 1) / 2)
+    ax.set_xticklabels([label for _, label in shares])
+    ax.set_ylim(0, 1.3)  # room above the bars for the legend
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_title(f"{split}, {protocol}: top-{TOP_K} popularity bias (all platforms)")
+    ax.legend(fontsize=7, loc="upper center", ncol=3)
+    ax_nov.bar(np.arange(len(models)), [m[f"novelty@{TOP_K}"] for m in models.values()],
+               color=[f"C{k}" for k in range(len(models))])
+    ax_nov.set_xticks(np.arange(len(models)))
+    ax_nov.set_xticklabels(list(models), rotation=30, ha="right", fontsize=7)
+    ax_nov.set_ylabel("bits")
+    ax_nov.set_title(f"novelty@{TOP_K}: mean -log2 p(item)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def write_results(results: dict[str, dict], split: str, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"metrics-{split}.json").write_text(json.dumps(results, indent=1) + "\n")
     (out_dir / f"metrics-{split}.md").write_text(markdown_table(results, split))
     bucket_chart(results, split, out_dir / f"buckets-{split}.png")
+    if any(f"coverage@{TOP_K}" in res.get("full", {}).get("overall", {}) for res in results.values()):
+        bias_chart(results, split, out_dir / f"bias-{split}.png")
