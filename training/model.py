@@ -180,6 +180,16 @@ class UserTower(nn.Module):
         return torch.where(has, u, self.empty_query(target_platform))
 
 
+# Where the scorer's training may start: each is a ranking in its own right; training keeps the best on valid
+# and moves from it only where valid improves, so the final ranking is never below these on valid. (A blend
+# of the two, scaled to the data, is added at train time: `training.train.scorer_starts`.)
+SCORER_STARTS: dict[str, dict[str, float]] = {
+    "retrieval": {"dot": 10.0},
+    # the neighbour table alone (item-KNN or EASE); popularity, then retrieval, only break its ties
+    "neighbours": {"log_knn": 10.0, "log_popularity": 1e-5, "dot": 1e-7},
+}
+
+
 class Scorer(nn.Module):
     """A linear model over the scalar features plus an MLP over everything that starts at zero.
 
@@ -195,12 +205,18 @@ class Scorer(nn.Module):
             nn.Linear(3 * d + cfg.scorer_extras, cfg.scorer_hidden), nn.GELU(), nn.Dropout(0.1),
             nn.Linear(cfg.scorer_hidden, 1),
         )
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-        with torch.no_grad():  # start as the retrieval ranking (feature 0 is the retrieval score u·v)
+        self.start_from(SCORER_STARTS["retrieval"])
+
+    def start_from(self, weights: dict[str, float]) -> None:
+        """Set the linear part to a fixed blend of named features (`SCORER_EXTRAS`) and the MLP to zero: the
+        scorer then ranks exactly by that blend (e.g. retrieval alone, or item-KNN alone)."""
+        with torch.no_grad():
             self.linear.weight.zero_()
-            self.linear.weight[0, 0] = 10.0
             self.linear.bias.zero_()
+            for name, w in weights.items():
+                self.linear.weight[0, SCORER_EXTRAS.index(name)] = w
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, user_vec: torch.Tensor, item_vec: torch.Tensor, extras: torch.Tensor) -> torch.Tensor:
         x = torch.cat([user_vec, item_vec, user_vec * item_vec, extras], dim=-1)

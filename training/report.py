@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from training.baselines import ALS, ItemKNN, Popularity, TextZeroShot
+from training.baselines import ALS, EASE, ItemKNN, Popularity, TextZeroShot
 from training.checkpoint import fine_tuned_backbone, load_checkpoint
 from training.evaluate import ScoreFn, evaluate_models, write_results
 from training.pipeline import Ranker, checkpoint_ranker
@@ -31,13 +31,38 @@ def run_evaluation(checkpoint: Path, split: str, out: Path | None = None, baseli
     models: dict[str, ScoreFn] = {}
     if baselines:
         text = encode_texts(ds.titles, 32, progress=False)  # zero-shot: the pretrained MiniLM as shipped
-        knn = ItemKNN(decay=ranker.knn_decay).fit(ds)
-        models |= {"popularity": Popularity().fit(ds).score, "item-knn (no recency)": ItemKNN(decay=1.0).fit(ds).score,
-                   f"item-knn (recency {ranker.knn_decay})": knn.score, "als": ALS().fit(ds).score,
+        models |= {"popularity": Popularity().fit(ds).score,
+                   "item-knn (no recency)": ItemKNN(decay=1.0).fit(ds).score}
+        if ranker.knn_decay != 1.0:
+            models[f"item-knn (recency {ranker.knn_decay})"] = ItemKNN(decay=ranker.knn_decay).fit(ds).score
+        models |= {"ease": EASE().fit(ds).score, "als": ALS().fit(ds).score,
                    "text zero-shot": TextZeroShot(text).fit(ds).score}
     models["two-tower (retrieval)"] = ranker.retrieval
     if ranker.scorer is not None:
         models["two-tower + scorer (final)"] = ranker.final
     results = evaluate_models(ds, models, split, log=log)
-    write_results(results, split, out or checkpoint.parent)
+    out = out or checkpoint.parent
+    write_results(results, split, out)
+    chosen = valid_choice(checkpoint)
+    if chosen:  # the first thing a reader sees: what was chosen on valid, and whether a baseline is ahead there
+        md = out / f"metrics-{split}.md"
+        md.write_text(chosen + "\n\n" + md.read_text(encoding="utf-8"), encoding="utf-8")
+        log(chosen)
     return results
+
+
+def valid_choice(checkpoint: Path) -> str:
+    """One line: the choices `xrec train` made on valid and the final model against the best baseline there."""
+    import torch
+
+    tlog = torch.load(checkpoint, map_location="cpu", weights_only=False).get("log", {})
+    cmp, nb, sc = tlog.get("valid_comparison"), tlog.get("neighbours"), tlog.get("scorer", {})
+    if not cmp:
+        return ""
+    parts = [f"**On valid** — {cmp['line']}."]
+    if nb:
+        parts.append(f"Neighbour table: {nb['chosen']}, recency decay {nb['decay']}.")
+    if sc.get("start"):
+        kept = "" if sc.get("improved") else " (training did not beat it)"
+        parts.append(f"Scorer started from: {sc['start']}{kept}.")
+    return " ".join(parts)

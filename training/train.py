@@ -27,10 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from training.baselines.itemknn import build_neighbours
+from training.baselines import ALS, Popularity
 from training.evaluate import Query, make_queries, metrics_from_ranks, ranks
 from training.finetune import TextTower
-from training.model import ModelConfig, Scorer, TwoTower
+from training.model import SCORER_STARTS, ModelConfig, Scorer, TwoTower
+from training.neighbours import Neighbours, choose_neighbours
 from training.pipeline import Ranker, item_vectors
 from training.sequences import Dataset, Timelines, load_dataset
 from training.text_vectors import text_dim
@@ -64,7 +65,8 @@ class TrainConfig(BaseModel):
     scorer_extra_holdout: int = 10000  # also hold out the last event of this many single-platform people
     candidates: int = 100  # retrieval's top N for the scorer to re-rank
     knn_candidates: int = 0  # + the N best item-KNN items retrieval missed (unseen, same platform)
-    knn_decay: float = 0.5
+    knn_decays: list[float] = [1.0, 0.8, 0.5]  # recency decays of the neighbour table, chosen on valid
+    ease_lambda: float = 500.0  # EASE as a neighbour-table candidate (0: co-occurrence only)
     text_cache: Path | None = Path(".cache/text-vectors")
 
     @classmethod
@@ -310,6 +312,17 @@ def scorer_examples(ranker: Ranker, queries: list[Query]) -> tuple[torch.Tensor,
             torch.from_numpy(np.stack([pad(x) for x in extras])), torch.from_numpy(real), torch.tensor(labels))
 
 
+def scorer_starts(extras: torch.Tensor) -> dict[str, dict[str, float]]:
+    """`SCORER_STARTS` plus blends of retrieval and neighbours with each part scaled to its spread on the
+    scorer's training candidates (EASE weights are far smaller than co-occurrence ones)."""
+    from contract.features import SCORER_EXTRAS
+
+    std = extras.float().std(dim=0)
+    dot = 1.0 / max(float(std[SCORER_EXTRAS.index("dot")]), 1e-6)
+    knn = 1.0 / max(float(std[SCORER_EXTRAS.index("log_knn")]), 1e-6)
+    return SCORER_STARTS | {f"blend {a}:{b}": {"dot": a * dot, "log_knn": b * knn} for a, b in ((1, 1), (1, 3), (3, 1))}
+
+
 def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: TrainConfig,
                  console: Console) -> dict[str, object]:
     torch.manual_seed(cfg.seed)
@@ -321,11 +334,25 @@ def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: 
                   f"(retrieval's top {cfg.candidates}{knn_part})")
     base = metrics_from_ranks(ranks(ranker.ds, valid, ranker.retrieval))
     prepared = ranker.prepare(valid)  # the valid queries' candidates and features: fixed while the scorer trains
+
+    def valid_ndcg() -> float:
+        return metrics_from_ranks(ranks(ranker.ds, valid, lambda _: ranker.rescore(prepared), batch=len(valid)))[
+            "ndcg@10"]
+
+    # Start from the best fixed ranking on valid (retrieval, the neighbour table, a blend): training only moves
+    # away from it where valid improves, so the scorer never ships below these.
+    starts, weights = {}, scorer_starts(x[real])
+    for name, w in weights.items():
+        scorer.start_from(w)
+        starts[name] = valid_ndcg()
+    start = max(starts, key=starts.get)
+    scorer.start_from(weights[start])
+    console.print("scorer starts on valid (NDCG@10): " + ", ".join(f"{k} {v:.4f}" for k, v in starts.items())
+                  + f" → {start}")
     opt = torch.optim.AdamW(scorer.parameters(), lr=cfg.scorer_lr, weight_decay=1e-3)
     rng = np.random.default_rng(cfg.seed)
-    # The untrained scorer ranks exactly as retrieval does: it stays so unless training beats retrieval on valid.
     initial = {k: t.detach().clone() for k, t in scorer.state_dict().items()}
-    best, best_state, bad, history = base["ndcg@10"], None, 0, []
+    best, best_state, bad, history = starts[start], None, 0, []
     q, c = v.shape[:2]
     for epoch in range(cfg.scorer_epochs):
         scorer.train()
@@ -341,22 +368,41 @@ def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: 
             loss.backward()
             opt.step()
             total += loss.item() * b
-        m = metrics_from_ranks(ranks(ranker.ds, valid, lambda _: ranker.rescore(prepared), batch=len(valid)))
-        history.append({"epoch": epoch + 1, "loss": total / q, "valid_ndcg@10": m["ndcg@10"]})
-        console.print(f"scorer epoch {epoch + 1}: loss {total / q:.4f}  valid NDCG@10 {m['ndcg@10']:.4f} "
-                      f"(retrieval alone {base['ndcg@10']:.4f})")
-        if m["ndcg@10"] > best:
-            best, bad = m["ndcg@10"], 0
+        ndcg = valid_ndcg()
+        history.append({"epoch": epoch + 1, "loss": total / q, "valid_ndcg@10": ndcg})
+        console.print(f"scorer epoch {epoch + 1}: loss {total / q:.4f}  valid NDCG@10 {ndcg:.4f} "
+                      f"(start, {start}: {starts[start]:.4f})")
+        if ndcg > best:
+            best, bad = ndcg, 0
             best_state = {k: t.detach().clone() for k, t in scorer.state_dict().items()}
         else:
             bad += 1
             if bad >= 3:
                 break
     if best_state is None:
-        console.print("[yellow]scorer did not beat retrieval alone on valid: it keeps the retrieval order[/]")
+        console.print(f"[yellow]scorer training did not beat its start on valid: it ranks as {start}[/]")
     scorer.load_state_dict(best_state if best_state is not None else initial)
     return {"valid_retrieval_ndcg@10": base["ndcg@10"], "best_valid_ndcg@10": best, "epochs": history,
+            "starts": starts, "start": start,
             "train_queries": len(train_q), "train_examples": int(len(y)), "improved": best_state is not None}
+
+
+def compare_on_valid(ranker: Ranker, nb: Neighbours, valid: list[Query], log: dict, console: Console
+                     ) -> dict[str, object]:
+    """The shipped ranking against every baseline on valid (NDCG@10): what `xrec evaluate` reports first."""
+    ds = ranker.ds
+    final = log.get("scorer", {}).get("best_valid_ndcg@10", log["two_tower"]["best_valid_ndcg@10"])
+    baselines = {"popularity": Popularity().fit(ds).score, "als": ALS().fit(ds).score}
+    scores = {name: metrics_from_ranks(ranks(ds, valid, fn))["ndcg@10"] for name, fn in baselines.items()}
+    scores |= {f"item-knn ({k.replace('@', ', decay ')})": v for k, v in nb.tried.items() if k.startswith("co-")}
+    if nb.ease is not None:
+        scores["ease"] = metrics_from_ranks(ranks(ds, valid, nb.ease.score))["ndcg@10"]
+    best = max(scores, key=scores.get)
+    beaten = scores[best] > final
+    line = (f"valid NDCG@10: final model {final:.4f}, best baseline {best} {scores[best]:.4f}"
+            + (" — the baseline is ahead on valid" if beaten else ""))
+    console.print(("[yellow]" if beaten else "") + line + ("[/]" if beaten else ""))
+    return {"final": final, "baselines": scores, "best_baseline": best, "baseline_ahead": beaten, "line": line}
 
 
 def train(cfg: TrainConfig, console: Console | None = None) -> Path:
@@ -396,13 +442,17 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Path:
     log = {"config": json.loads(cfg.model_dump_json()), "two_tower": train_two_tower(state, windows, valid, console)}
 
     vecs = item_vectors(model, text.all_vectors(), ds.item_platform)
-    # Co-occurrence over the timelines the model trained on: target-only ones link no platforms.
-    knn_index, knn_weight = build_neighbours(train_tl, ds.n_items, keep=train_keep)
+    # Neighbours over the timelines the model trained on (target-only ones link no platforms), without the
+    # scorer's held-out targets; which kind and which recency decay is chosen on valid.
+    nb = choose_neighbours(ds, train_keep, valid, cfg.knn_decays, cfg.ease_lambda, model_cfg.max_history,
+                           log=console.print)
     popularity = np.bincount(tl.items[keep], minlength=ds.n_items).astype(np.float64)
-    ranker = Ranker(model, ds, vecs, popularity, knn_index, knn_weight, cfg.knn_decay, candidates=cfg.candidates,
+    ranker = Ranker(model, ds, vecs, popularity, nb.index, nb.weight, nb.decay, candidates=cfg.candidates,
                     knn_candidates=cfg.knn_candidates)
+    log["neighbours"] = {"chosen": nb.name, "decay": nb.decay, "valid_ndcg@10": nb.tried}
     if cfg.scorer and len(held):
         log["scorer"] = train_scorer(ranker, scorer_queries(tl, held, cfg.history), valid, cfg, console)
+    log["valid_comparison"] = compare_on_valid(ranker, nb, valid, log, console)
     log["minutes"] = round((time.perf_counter() - started) / 60, 2)
 
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -416,9 +466,10 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Path:
         "dataset": str(cfg.dataset),
         "platforms": ds.platforms,
         "item_ids": ds.item_ids,
-        "knn_index": knn_index,
-        "knn_weight": knn_weight,
-        "knn_decay": cfg.knn_decay,
+        "knn_index": nb.index,
+        "knn_weight": nb.weight,
+        "knn_decay": nb.decay,
+        "knn_source": nb.name,
         "candidates": cfg.candidates,
         "knn_candidates": cfg.knn_candidates,
         "popularity": popularity,

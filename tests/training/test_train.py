@@ -103,3 +103,19 @@ def test_each_fine_tuning_mode_runs_a_step(demo_ds, tmp_path, mode, tiny_text_mo
     ckpt = train(cfg)
     saved = torch.load(ckpt, weights_only=False)
     assert saved["model_args"]["mode"] == mode and saved["text"], "fine-tuned text weights travel with the model"
+
+
+def test_a_baseline_that_wins_on_valid_is_what_ships(demo_ds, tmp_path, tiny_text_model):
+    """One step of two-tower training leaves retrieval near random: the neighbour table wins on valid, the
+    scorer starts from it, and the final ranking is that baseline's (never below it on valid)."""
+    cfg = TrainConfig(dataset=demo_ds, out=tmp_path / "weak", epochs=1, max_steps=1, batch_tokens=64,
+                      scorer_epochs=0, text_cache=tmp_path / "cache", knn_candidates=20, candidates=20,
+                      model=ModelConfig(dim=16, n_layers=1, text_model=tiny_text_model))
+    log = torch.load(train(cfg), weights_only=False)["log"]
+    starts = log["scorer"]["starts"]
+    assert log["scorer"]["start"] == "neighbours" and starts["neighbours"] > starts["retrieval"], starts
+    cmp = log["valid_comparison"]
+    nb_best = max(log["neighbours"]["valid_ndcg@10"].values())
+    assert cmp["final"] >= nb_best - 1e-9, (cmp, nb_best)
+    assert set(cmp["baselines"]) >= {"popularity", "als", "ease"}
+    assert log["neighbours"]["chosen"] in ("co-occurrence", "ease")

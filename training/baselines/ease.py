@@ -59,7 +59,8 @@ class EASE:
     def __init__(self, lam: float = 500.0, min_count: int | None = None, max_items: int = 10_000) -> None:
         self.lam, self.min_count, self.max_items = lam, min_count, max_items
 
-    def fit(self, ds: Dataset) -> EASE:
+    def fit(self, ds: Dataset, keep: np.ndarray | None = None) -> EASE:
+        """`keep` (bool per event) leaves events out of the item-item matrix, e.g. held-out targets."""
         self.ds = ds
         pop = ds.popularity()
         self.min_count_used = self.min_count if self.min_count is not None else default_min_count(ds, self.max_items)
@@ -72,7 +73,7 @@ class EASE:
         tl = ds.timelines
         person = np.repeat(np.arange(len(tl)), np.diff(tl.offsets))
         cols = self.col[tl.items]
-        use = cols >= 0
+        use = cols >= 0 if keep is None else (cols >= 0) & keep
         x = sp.csr_matrix((np.ones(int(use.sum()), dtype=np.float32), (person[use], cols[use])),
                           shape=(len(tl), len(kept)))
         x.data[:] = 1.0  # binary: repeats count once
@@ -104,3 +105,27 @@ class EASE:
                 s[pos] = kept_scores
             out.append(s)
         return out
+
+    def neighbours(self, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        """B as a neighbour table in `build_neighbours`' layout, so that the scorer's item-KNN feature and
+        candidates (and the service, from knn.npz) can use EASE: row h holds, per platform, the k items j
+        with the largest positive B[h, j]. Σ over a history of its rows' weights is EASE's score, less the
+        weights cut off (and the negative ones)."""
+        ds, n_plat = self.ds, len(self.ds.platforms)
+        index = np.full((ds.n_items, k * n_plat), -1, dtype=np.int32)
+        weight = np.zeros((ds.n_items, k * n_plat), dtype=np.float32)
+        for p in range(n_plat):
+            cols = self.cols[p]
+            block = self.b[:, cols]  # [kept, items of p]
+            kk = min(k, block.shape[1])
+            if kk == 0:
+                continue
+            top = np.argpartition(-block, kk - 1, axis=1)[:, :kk]
+            w = np.take_along_axis(block, top, axis=1)
+            order = np.argsort(-w, axis=1, kind="stable")
+            top, w = np.take_along_axis(top, order, axis=1), np.take_along_axis(w, order, axis=1)
+            rows = self.kept[cols.start + top]
+            rows[w <= 0] = -1
+            index[self.kept, p * k:p * k + kk] = rows
+            weight[self.kept, p * k:p * k + kk] = np.maximum(w, 0.0)
+        return index, weight

@@ -53,8 +53,11 @@ class ItemKNN:
         self.k, self.decay, self.max_history = k, decay, max_history
 
     def fit(self, ds: Dataset) -> ItemKNN:
-        self.ds = ds
-        self.index, self.weight = build_neighbours(ds.timelines, ds.n_items, self.k)
+        return self.with_table(ds, *build_neighbours(ds.timelines, ds.n_items, self.k))
+
+    def with_table(self, ds: Dataset, index: np.ndarray, weight: np.ndarray) -> ItemKNN:
+        """Use a neighbour table built elsewhere (e.g. a checkpoint's, or EASE's `neighbours()`)."""
+        self.ds, self.index, self.weight = ds, index, weight
         self.tiebreak = popularity_tiebreak(ds, 1e-6)
         return self
 

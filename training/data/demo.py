@@ -83,16 +83,22 @@ def write_demo(out: Path, people: int = 3000, items_per_platform: int = 1500, se
         if k > 1:
             links.extend((f"U{n:06d}", p, a) for p, a in accounts.items())
         t = CUTOFF - timedelta(days=rng.uniform(30, 700))
+        had: set[str] = set()
         for _ in range(rng.randint(3, 25)):
             t += timedelta(hours=rng.uniform(1, 24 * 20))
             if t >= CUTOFF:
                 break
             p = rng.choice(on)
-            events[p].append((accounts[p], pick(p, likes), "view" if p != "shop" else "purchase", t))
+            item = pick(p, likes)
+            had.add(item)
+            events[p].append((accounts[p], item, "view" if p != "shop" else "purchase", t))
         if k > 1:
             p = rng.choice(on)
             split = "valid" if n % 2 else "test"
-            targets.append((split, p, accounts[p], pick(p, likes), CUTOFF + timedelta(days=rng.uniform(1, 30))))
+            # As in Food-Kitchen's split, a target is something new to the person (a few draws, else skipped).
+            target = next((i for i in (pick(p, likes) for _ in range(20)) if i not in had), None)
+            if target is not None:
+                targets.append((split, p, accounts[p], target, CUTOFF + timedelta(days=rng.uniform(1, 30))))
 
     dirt = {p: {"exact_duplicates": 0, "unknown_item": 0, "blank_account": 0} for p in PLATFORMS}
     for p in PLATFORMS:
