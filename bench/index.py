@@ -26,6 +26,7 @@ import argparse
 import gc
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -151,6 +152,16 @@ def bench_size(label: str, vecs: np.ndarray, plat: np.ndarray, n_platforms: int,
                args: argparse.Namespace) -> list[dict]:
     n, k = len(vecs), args.k
     s = Settings()
+
+    def measure(row: dict, restricted: Callable[[int], np.ndarray], unrestricted: Callable[[int], np.ndarray]
+                ) -> dict:
+        """Recall (against exact search) and latency of one index, restricted to the query's platform and not."""
+        got_r = [restricted(j) for j in range(len(q))]
+        got_u = [unrestricted(j) for j in range(len(q))]
+        row |= {"recall_restricted": recall(got_r, truth_r), "recall_unrestricted": recall(got_u, truth_all),
+                "lat_restricted": latency(restricted, nq), "lat_unrestricted": latency(unrestricted, nq)}
+        print(_line(row))
+        return row
     base = IndexParams(s.hnsw_threshold, s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search)
     rows_of = [np.flatnonzero(plat == p) for p in range(n_platforms)]
     faiss.omp_set_num_threads(os.cpu_count() or 1)
@@ -215,15 +226,10 @@ def bench_size(label: str, vecs: np.ndarray, plat: np.ndarray, n_platforms: int,
                 d, r = np.concatenate(ds), np.concatenate(rs)
                 return r[np.argsort(-d, kind="stable")[:k]]
 
-            got_r = [restricted(j) for j in range(len(q))]
-            got_u = [unrestricted(j) for j in range(len(q))]
-            row = {"size": label, "items": n, "layout": "per-platform", "index": kind, "knob": knob,
-                   "default": knob == default_knob, "build_s": build_s, "build_threads": args.build_threads,
-                   "bytes_per_item_serialised": ser / n, "bytes_per_item_rss": mem_rss / n,
-                   "recall_restricted": recall(got_r, truth_r), "recall_unrestricted": recall(got_u, truth_all),
-                   "lat_restricted": latency(restricted, nq), "lat_unrestricted": latency(unrestricted, nq)}
-            out.append(row)
-            print(_line(row))
+            row = {"size": label, "items": n, "index": kind, "knob": knob, "default": knob == default_knob,
+                   "build_s": build_s, "build_threads": args.build_threads,
+                   "bytes_per_item_serialised": ser / n, "bytes_per_item_rss": mem_rss / n}
+            out.append(measure(row | {"layout": "per-platform"}, restricted, unrestricted))
         idx = {}  # free it before the next build (its memory is measured)
         gc.collect()
         # ---- global (one index; the restriction as an IDSelector) ------------------------------------------------
@@ -251,15 +257,10 @@ def bench_size(label: str, vecs: np.ndarray, plat: np.ndarray, n_platforms: int,
                 _, ii = g.search(q[j:j + 1], k, params=filt[int(tq[j])])
                 return ii[0][ii[0] >= 0]
 
-            got_r = [g_restricted(j) for j in range(len(q))]
-            got_u = [g_unrestricted(j) for j in range(len(q))]
-            row = {"size": label, "items": n, "layout": "global", "index": kind, "knob": knob,
-                   "default": knob == default_knob, "build_s": build_s, "build_threads": args.build_threads,
-                   "bytes_per_item_serialised": ser / n, "bytes_per_item_rss": mem_rss / n,
-                   "recall_restricted": recall(got_r, truth_r), "recall_unrestricted": recall(got_u, truth_all),
-                   "lat_restricted": latency(g_restricted, nq), "lat_unrestricted": latency(g_unrestricted, nq)}
-            out.append(row)
-            print(_line(row))
+            row = {"size": label, "items": n, "index": kind, "knob": knob, "default": knob == default_knob,
+                   "build_s": build_s, "build_threads": args.build_threads,
+                   "bytes_per_item_serialised": ser / n, "bytes_per_item_rss": mem_rss / n}
+            out.append(measure(row | {"layout": "global"}, g_restricted, g_unrestricted))
         g, sels = None, []
         gc.collect()
     return out
