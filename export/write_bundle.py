@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from contract.bundle import ITEM_ENCODER_INPUTS, Manifest, ModelFile, salt_fingerprint, write_manifest
-from contract.features import HISTORY_SNAPSHOT, N_TIME_BUCKETS, SCORER_EXTRAS, user_encoder_feeds
+from contract.features import HISTORY_SNAPSHOT, SCORER_EXTRAS, user_encoder_feeds
 from export.onnx import SCORER_INPUTS, USER_INPUTS, export_scorer, export_user_encoder
 from export.onnx_optimize import quantize_int8, to_fp16
 from export.onnx_text import check_against_model, compare_vectors, embed_onnx, export_text_encoder
@@ -126,7 +126,7 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
         if metrics_file.is_file():
             evaluation["test"] = _summary(json.loads(metrics_file.read_text()))
         manifest = Manifest(model_version=version, dim=cfg.dim, platforms=ds.platforms,
-                            max_history=cfg.max_history, n_time_buckets=N_TIME_BUCKETS,
+                            max_history=cfg.max_history, n_time_buckets=cfg.n_time_buckets,
                             history_snapshot=HISTORY_SNAPSHOT,
                             max_length=cfg.text_max_length, scorer_extras=list(SCORER_EXTRAS),
                             retrieval_candidates=ranker.candidates,

@@ -46,6 +46,14 @@ class ModelConfig:
     scorer_extras: int = len(SCORER_EXTRAS)
     scorer_hidden: int = 64
 
+    @field_validator("n_time_buckets")
+    @classmethod
+    def _buckets_as_computed(cls, v: int) -> int:
+        # `contract.features.time_buckets` computes these; the service refuses a bundle that differs.
+        if v != N_TIME_BUCKETS:
+            raise ValueError(f"n_time_buckets is fixed by contract.features ({N_TIME_BUCKETS}), got {v}")
+        return v
+
     @field_validator("text_model", mode="before")
     @classmethod
     def _path_as_text(cls, v: object) -> object:
