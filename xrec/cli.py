@@ -78,6 +78,7 @@ def train_cmd(
     history: Annotated[str | None, typer.Option(help="all | target-only (transfer ablation)")] = None,
     epochs: Annotated[int | None, typer.Option(help="two-tower epochs")] = None,
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (smoke runs)")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (overrides the profile)")] = None,
     evaluate: Annotated[bool, typer.Option(help="evaluate on test with baselines afterwards")] = True,
 ) -> None:
     """Fine-tune the two-tower model and the re-ranking scorer; early stopping on valid."""
@@ -89,7 +90,7 @@ def train_cmd(
         raise _fail(f"training profile not found: {config}")
     try:
         cfg = TrainConfig.from_toml(config, dataset=dataset, out=out, mode=mode, history=history, epochs=epochs,
-                                    max_steps=max_steps)
+                                    max_steps=max_steps, seed=seed)
     except (ValidationError, ValueError) as e:
         raise _fail(f"{config}: {e}") from None
     if not (cfg.dataset / "events.parquet").is_file():
@@ -100,6 +101,42 @@ def train_cmd(
 
         run_evaluation(ckpt, "test", log=err.print)
         err.print(f"metrics: {ckpt.parent / 'metrics-test.md'}")
+
+
+@app.command("tune")
+def tune_cmd(
+    config: Annotated[Path, typer.Argument(help="training profile (TOML) to tune around")],
+    budget_minutes: Annotated[float, typer.Option("--budget-minutes", min=0.1, help="wall-clock budget for the "
+                                                  "whole search")],
+    trials: Annotated[int | None, typer.Option(min=1, help="at most this many trials (default: until the budget "
+                                                          "is spent)")] = None,
+    out: Annotated[Path, typer.Option(help="folder for the trials, tuned.toml and trials.csv")] = Path("runs/tune"),
+    dataset: Annotated[Path | None, typer.Option(help="built dataset folder (overrides the profile)")] = None,
+) -> None:
+    """Search training settings on valid NDCG@10 (Optuna TPE, median pruning); write a tuned profile."""
+    from pydantic import ValidationError
+
+    from training.train import TrainConfig
+
+    if not config.is_file():
+        raise _fail(f"training profile not found: {config}")
+    try:
+        cfg = TrainConfig.from_toml(config, dataset=dataset)
+    except (ValidationError, ValueError) as e:
+        raise _fail(f"{config}: {e}") from None
+    if not (cfg.dataset / "events.parquet").is_file():
+        raise _fail(f"{cfg.dataset}: not a built dataset (run `xrec data build` first)")
+    try:
+        from training.tune import tune
+    except ModuleNotFoundError as e:
+        if e.name != "optuna":
+            raise
+        raise _fail("optuna is not installed: pip install -e '.[train]'") from None
+    try:
+        tune(cfg, out, budget_minutes, trials, console=err)
+    except RuntimeError as e:
+        raise _fail(str(e), code=1) from None
+    err.print(f"train with: xrec train {out / 'tuned.toml'}")
 
 
 @app.command("evaluate")
