@@ -16,6 +16,7 @@ import json
 import math
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
@@ -225,8 +226,10 @@ def evaluate_two_tower(state: TrainState, queries: list[Query]) -> dict[str, flo
     return metrics_from_ranks(ranks(state.ds, queries, ranker.retrieval))
 
 
-def train_two_tower(state: TrainState, windows: Windows, valid: list[Query], console: Console
-                    ) -> dict[str, object]:
+def train_two_tower(state: TrainState, windows: Windows, valid: list[Query], console: Console,
+                    on_epoch: Callable[[int, float], None] | None = None) -> dict[str, object]:
+    """`on_epoch(epoch, valid NDCG@10)`, called after each epoch (1-based), may raise to stop the run: how
+    `xrec tune` prunes a trial."""
     cfg, model = state.cfg, state.model
     sparse = [model.items.ids.weight] if model.items.ids is not None else []
     params = [p for p in model.parameters() if p.requires_grad and all(p is not s for s in sparse)]
@@ -274,6 +277,8 @@ def train_two_tower(state: TrainState, windows: Windows, valid: list[Query], con
                             "temperature": model.temperature().item()})
             console.print(f"epoch {epoch + 1}: loss {run_loss / max(n, 1):.4f}  valid NDCG@10 {m['ndcg@10']:.4f}"
                           f"  Recall@10 {m['recall@10']:.4f}  ({minutes:.1f} min)")
+            if on_epoch is not None:
+                on_epoch(epoch + 1, m["ndcg@10"])
             if m["ndcg@10"] > best:
                 best, bad = m["ndcg@10"], 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -405,8 +410,10 @@ def compare_on_valid(ranker: Ranker, nb: Neighbours, valid: list[Query], log: di
     return {"final": final, "baselines": scores, "best_baseline": best, "baseline_ahead": beaten, "line": line}
 
 
-def train(cfg: TrainConfig, console: Console | None = None) -> Path:
-    """Train and write `cfg.out/checkpoint.pt` + `cfg.out/train.json`; returns the checkpoint path."""
+def train(cfg: TrainConfig, console: Console | None = None,
+          on_epoch: Callable[[int, float], None] | None = None) -> Path:
+    """Train and write `cfg.out/checkpoint.pt` + `cfg.out/train.json`; returns the checkpoint path.
+    `on_epoch`: see `train_two_tower`."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -439,7 +446,8 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Path:
     windows = make_windows(train_tl, model_cfg.max_history, is_target)
     console.print(f"{len(windows.start):,} windows, {int(is_target.sum()) - len(train_tl):,} targets, "
                   f"{len(held):,} held out for the scorer; mode {model_cfg.mode}, history {cfg.history}")
-    log = {"config": json.loads(cfg.model_dump_json()), "two_tower": train_two_tower(state, windows, valid, console)}
+    log = {"config": json.loads(cfg.model_dump_json()), "two_tower": train_two_tower(state, windows, valid, console,
+                                                                                   on_epoch)}
 
     vecs = item_vectors(model, text.all_vectors(), ds.item_platform)
     # Neighbours over the timelines the model trained on (target-only ones link no platforms), without the
