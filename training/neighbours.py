@@ -28,8 +28,13 @@ class Neighbours:
     index: np.ndarray
     weight: np.ndarray
     valid_ndcg: float
-    tried: dict[str, float] = field(default_factory=dict)  # "name@decay" → valid NDCG@10 of each candidate
+    tried: dict[str, float] = field(default_factory=dict)  # "name@decay" → NDCG@10 of each candidate
     ease: EASE | None = None  # the fitted EASE (a baseline in its own right), when it was a candidate
+    tables: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # every candidate table
+
+    def baseline(self, ds: Dataset, name: str, decay: float, max_history: int) -> ItemKNN:
+        """One candidate table as a plain recommender (history → Σ neighbour weights, popularity ties)."""
+        return ItemKNN(decay=decay, max_history=max_history).with_table(ds, *self.tables[name])
 
 
 def choose_neighbours(ds: Dataset, keep: np.ndarray, valid: Sequence[Query], decays: Sequence[float],
@@ -51,7 +56,7 @@ def choose_neighbours(ds: Dataset, keep: np.ndarray, valid: Sequence[Query], dec
             if best is None or ndcg > best.valid_ndcg:
                 best = Neighbours(name, decay, index, weight, ndcg)
     assert best is not None, "no neighbour table to choose from"
-    best.tried, best.ease = tried, ease
+    best.tried, best.ease, best.tables = tried, ease, tables
     log("neighbours on valid (NDCG@10): " + ", ".join(f"{k} {v:.4f}" for k, v in tried.items())
         + f" → {best.name}, decay {best.decay}")
     return best

@@ -1,13 +1,17 @@
-"""`xrec train`: fit the two-tower on every event, then the re-ranking scorer; early stopping on valid.
+"""`xrec train`: fit the two-tower on every event, then the re-ranking scorer; every choice made on valid.
 
 The loop:
   1. item texts → frozen MiniLM vectors (disk-cached) — or, in `top-k`/`lora` mode, MiniLM in the loop;
   2. each person's last event is held out when they use several platforms: those become the scorer's
-     training queries, so the scorer learns on candidates the two-tower never trained on;
+     training queries, so the scorer learns on candidates the two-tower never trained on; a part of them
+     (`choice_holdout`) joins valid for the choices below, since a valid split alone is often small;
   3. two-tower epochs: softmax over the target platform's whole catalog (or sampled negatives with a logQ
-     correction), learnable temperature, AdamW; valid NDCG@10 after each epoch, best state kept;
-  4. scorer epochs over the two-tower's top-100 for the held-out queries, listwise softmax, valid NDCG@10;
-  5. checkpoint: model config + weights + scorer + item-KNN table + metrics; export needs only model.py.
+     correction), learnable temperature, AdamW; NDCG@10 on the choice queries after each epoch, best kept;
+  4. the neighbour table (co-occurrence or EASE) and its recency decay, best on the choice queries;
+  5. scorer: starts from the best of retrieval, neighbours alone and blends, then listwise epochs over
+     retrieval's top-100 + the neighbours' top-100, kept only where the choice queries improve;
+  6. the final ranking against every baseline on valid (first line of the evaluation report);
+  7. checkpoint: model config + weights + scorer + neighbour table + metrics; export needs only model.py.
 """
 
 from __future__ import annotations
@@ -64,6 +68,10 @@ class TrainConfig(BaseModel):
     scorer_lr: float = 1e-2
     scorer_batch: int = 32
     scorer_extra_holdout: int = 10000  # also hold out the last event of this many single-platform people
+    # Held-out last events that join valid for every choice made on valid (early stopping, the neighbour table,
+    # the scorer's start and epochs): a valid split of a few hundred targets is too noisy to choose on alone.
+    # They come from the scorer's held-out events, so it does not train on them. 0: valid alone.
+    choice_holdout: int = 2000
     candidates: int = 100  # retrieval's top N for the scorer to re-rank
     knn_candidates: int = 0  # + the N best item-KNN items retrieval missed (unseen, same platform)
     knn_decays: list[float] = [1.0, 0.8, 0.5]  # recency decays of the neighbour table, chosen on valid
@@ -396,10 +404,14 @@ def compare_on_valid(ranker: Ranker, nb: Neighbours, valid: list[Query], log: di
                      ) -> dict[str, object]:
     """The shipped ranking against every baseline on valid (NDCG@10): what `xrec evaluate` reports first."""
     ds = ranker.ds
-    final = log.get("scorer", {}).get("best_valid_ndcg@10", log["two_tower"]["best_valid_ndcg@10"])
+    final = metrics_from_ranks(ranks(ds, valid, ranker.final if ranker.scorer is not None else ranker.retrieval))[
+        "ndcg@10"]
     baselines = {"popularity": Popularity().fit(ds).score, "als": ALS().fit(ds).score}
     scores = {name: metrics_from_ranks(ranks(ds, valid, fn))["ndcg@10"] for name, fn in baselines.items()}
-    scores |= {f"item-knn ({k.replace('@', ', decay ')})": v for k, v in nb.tried.items() if k.startswith("co-")}
+    max_history = ranker.model.cfg.max_history
+    for decay in dict.fromkeys([1.0, nb.decay]):  # plain item-KNN, and with the decay chosen for the table
+        knn = nb.baseline(ds, "co-occurrence", decay, max_history)
+        scores[f"item-knn (decay {decay})"] = metrics_from_ranks(ranks(ds, valid, knn.score))["ndcg@10"]
     if nb.ease is not None:
         scores["ease"] = metrics_from_ranks(ranks(ds, valid, nb.ease.score))["ndcg@10"]
     best = max(scores, key=scores.get)
@@ -446,20 +458,27 @@ def train(cfg: TrainConfig, console: Console | None = None,
     windows = make_windows(train_tl, model_cfg.max_history, is_target)
     console.print(f"{len(windows.start):,} windows, {int(is_target.sum()) - len(train_tl):,} targets, "
                   f"{len(held):,} held out for the scorer; mode {model_cfg.mode}, history {cfg.history}")
-    log = {"config": json.loads(cfg.model_dump_json()), "two_tower": train_two_tower(state, windows, valid, console,
-                                                                                   on_epoch)}
+    scorer_q = scorer_queries(tl, held, cfg.history) if len(held) else []
+    order = np.random.default_rng(cfg.seed).permutation(len(scorer_q))
+    n_check = min(cfg.choice_holdout, len(scorer_q) // 5)
+    check_q = [scorer_q[i] for i in np.sort(order[:n_check])]
+    train_q = [scorer_q[i] for i in np.sort(order[n_check:])]
+    choice = valid + check_q
+    console.print(f"choices on {len(valid):,} valid targets + {len(check_q):,} held-out last events")
+    log = {"config": json.loads(cfg.model_dump_json()), "choice_queries": {"valid": len(valid), "held_out": n_check},
+           "two_tower": train_two_tower(state, windows, choice, console, on_epoch)}
 
     vecs = item_vectors(model, text.all_vectors(), ds.item_platform)
     # Neighbours over the timelines the model trained on (target-only ones link no platforms), without the
-    # scorer's held-out targets; which kind and which recency decay is chosen on valid.
-    nb = choose_neighbours(ds, train_keep, valid, cfg.knn_decays, cfg.ease_lambda, model_cfg.max_history,
+    # scorer's held-out targets; which kind and which recency decay is chosen on valid (+ held-out events).
+    nb = choose_neighbours(ds, train_keep, choice, cfg.knn_decays, cfg.ease_lambda, model_cfg.max_history,
                            log=console.print)
     popularity = np.bincount(tl.items[keep], minlength=ds.n_items).astype(np.float64)
     ranker = Ranker(model, ds, vecs, popularity, nb.index, nb.weight, nb.decay, candidates=cfg.candidates,
                     knn_candidates=cfg.knn_candidates)
     log["neighbours"] = {"chosen": nb.name, "decay": nb.decay, "valid_ndcg@10": nb.tried}
-    if cfg.scorer and len(held):
-        log["scorer"] = train_scorer(ranker, scorer_queries(tl, held, cfg.history), valid, cfg, console)
+    if cfg.scorer and len(train_q):
+        log["scorer"] = train_scorer(ranker, train_q, choice, cfg, console)
     log["valid_comparison"] = compare_on_valid(ranker, nb, valid, log, console)
     log["minutes"] = round((time.perf_counter() - started) / 60, 2)
 
