@@ -2,33 +2,66 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 # Pseudonymous person ids as the bundle writes them ("p_" + keyed hash).
 PERSON_ID = r"^p_[A-Za-z0-9_-]{1,64}$"
 Id = Field(min_length=1, max_length=256)
 ItemRef = Annotated[str, Field(max_length=256)]
+# Item ids are namespaced by platform, '<platform>:<id>' (the data build writes them so).
+ITEM_OF_PLATFORM = ("an item id, namespaced '<platform>:<id>': one whose namespace (the text before the first ':') "
+                    "is another of the bundle's platforms, or a catalog item of another platform, is refused (422)")
 
 # Every number a request can carry is bounded here, so no value that passes validation can overflow an
 # int64 or a float64 further on: timestamps up to 2200-01-01 UTC (epoch seconds), counts and list
-# lengths below, and no NaN or infinity anywhere (`allow_inf_nan=False`).
+# lengths below, and no NaN or infinity anywhere (`allow_inf_nan=False`). Strict types: a field is what the
+# schema says, no coercion (`false` or "12" is not an integer, 1 is not a boolean).
 MAX_TS = 7_258_118_400
-EpochSeconds = Annotated[int, Field(ge=0, le=MAX_TS, description="epoch seconds, UTC (at most year 2200)")]
+
+
+def _whole_number(value: object) -> object:
+    # JSON Schema's `integer` is any number with no fraction: 5.0 is one, 5.5 and "5" are not.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer under strict validation, except that 5.0 counts (as in JSON Schema). The validator comes after
+# the bounds: before them, pydantic would write them into the JSON Schema as `ge`/`le`, not minimum/maximum.
+WholeNumber = BeforeValidator(_whole_number)
+EpochSeconds = Annotated[int, Field(ge=0, le=MAX_TS, description="epoch seconds, UTC (at most year 2200)"),
+                         WholeNumber]
+TopK = Annotated[int, Field(ge=1, le=200), WholeNumber]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+def _exactly_one_person(schema: dict[str, Any]) -> None:
+    """JSON Schema for the rule `_one_identity` checks: exactly one of person_id / account_id is given
+    (present and not null)."""
+    schema["oneOf"] = [
+        {"title": "by person", "required": ["person_id"],
+         "properties": {"person_id": {"type": "string"}, "account_id": {"type": "null"}}},
+        {"title": "by account", "required": ["account_id"],
+         "properties": {"account_id": {"type": "string"}, "person_id": {"type": "null"}}},
+    ]
 
 
 class PersonRef(_Body):
     """Who: a pseudonymous `person_id`, or a raw `account_id` on `account_platform` (default: the request's
-    `platform`), which the service hashes with the id salt exactly as the data build did."""
+    `platform`), which the service hashes with the id salt exactly as the data build did. Exactly one of
+    the two."""
 
-    person_id: str | None = Field(default=None, pattern=PERSON_ID)
-    account_id: str | None = Field(default=None, min_length=1, max_length=256)
-    account_platform: str | None = Field(default=None, min_length=1, max_length=64)
+    model_config = ConfigDict(json_schema_extra=_exactly_one_person)
+
+    person_id: str | None = Field(default=None, pattern=PERSON_ID,
+                                  description="pseudonymous person id, as in the bundle ('p_' + keyed hash)")
+    account_id: str | None = Field(default=None, min_length=1, max_length=256,
+                                   description="a raw account id on `account_platform`")
+    account_platform: str | None = Field(default=None, min_length=1, max_length=64,
+                                         description="the platform of `account_id`; default: `platform`")
 
     @model_validator(mode="after")
     def _one_identity(self) -> PersonRef:
@@ -41,14 +74,14 @@ class ContextEvent(_Body):
     """A recent event the service has not ingested yet (e.g. from this page view): used, not stored."""
 
     platform: str = Field(min_length=1, max_length=64)
-    item_id: str = Id
+    item_id: str = Field(min_length=1, max_length=256, description=f"of `platform`: {ITEM_OF_PLATFORM}")
     ts: EpochSeconds
     event: str = Field(default="interaction", min_length=1, max_length=64)
 
 
 class RecommendRequest(PersonRef):
     platform: str = Field(min_length=1, max_length=64, description="the platform to recommend items of")
-    k: int = Field(default=20, ge=1, le=200)
+    k: TopK = 20
     exclude_seen: bool = True
     exclude_items: list[ItemRef] = Field(default_factory=list, max_length=1000)
     context_events: list[ContextEvent] = Field(default_factory=list, max_length=200)
@@ -81,8 +114,10 @@ class RecommendResponse(BaseModel):
 class EventIn(_Body):
     event_id: str = Field(min_length=1, max_length=128, description="idempotency key")
     platform: str = Field(min_length=1, max_length=64)
-    account_id: str = Id
-    item_id: str = Id
+    account_id: str = Field(min_length=1, max_length=256, description="the raw account id on `platform`")
+    item_id: str = Field(min_length=1, max_length=256,
+                         description=f"of `platform`: {ITEM_OF_PLATFORM}; not in the catalog is accepted "
+                                     "(counted in `unknown_items`)")
     event: str = Field(default="interaction", min_length=1, max_length=64)
     ts: EpochSeconds
 
@@ -102,7 +137,8 @@ class EventsResponse(BaseModel):
 
 
 class ItemIn(_Body):
-    item_id: str = Field(min_length=1, max_length=256, description="namespaced: '<platform>:<id>'")
+    item_id: str = Field(min_length=1, max_length=256, pattern=r"^[^:]+:",
+                         description="namespaced '<platform>:<id>': starts with this item's `platform` and ':'")
     platform: str = Field(min_length=1, max_length=64)
     title: str = Field(min_length=1, max_length=4000)
 
@@ -129,7 +165,8 @@ class ItemDeleted(BaseModel):
 
 
 class RankItem(_Body):
-    item_id: str = Id
+    item_id: str = Field(min_length=1, max_length=256,
+                         description="a catalog item of the request's `platform`, or any id given with a `title`")
     title: str | None = Field(default=None, min_length=1, max_length=4000,
                               description="the text to embed; may be left out for an item in the catalog")
     platform: str | None = Field(default=None, min_length=1, max_length=64,
@@ -161,12 +198,24 @@ class BatchPerson(PersonRef):
     pass
 
 
+def _items_or_k_schema(schema: dict[str, Any]) -> None:
+    """JSON Schema for `_items_or_k`: exactly one of items / k (present and not null)."""
+    schema["oneOf"] = [
+        {"title": "score items", "required": ["items"],
+         "properties": {"items": {"type": "array"}, "k": {"type": "null"}}},
+        {"title": "top k", "required": ["k"], "properties": {"k": {"type": "integer"}, "items": {"type": "null"}}},
+    ]
+
+
 class BatchScoreRequest(_Body):
+    model_config = ConfigDict(json_schema_extra=_items_or_k_schema)
+
     platform: str = Field(min_length=1, max_length=64)
     persons: list[BatchPerson] = Field(min_length=1, max_length=100_000)
     items: list[ItemRef] | None = Field(default=None, min_length=1, max_length=1000,
-                                    description="score these catalog items for everyone, or…")
-    k: int | None = Field(default=None, ge=1, le=200, description="…recommend the top k to each")
+                                        description="score these live catalog items of `platform` for everyone, "
+                                                    "or…")
+    k: TopK | None = Field(default=None, description="…recommend the top k to each")
     exclude_seen: bool = True
     now_ts: EpochSeconds | None = None
 
@@ -202,11 +251,24 @@ class BatchSummary(BaseModel):
 
 
 class ErrorItem(BaseModel):
-    """One error, as in the `detail` list of a 422: what kind, where (`loc`: the field path), why."""
+    """One error: what kind (`type`), where (`loc`: the field or header path, empty when the request as a
+    whole is meant), why (`msg`, for people). The input is never echoed back."""
 
-    type: str
-    loc: list[str | int]
-    msg: str
+    type: str = Field(description="machine-readable kind: pydantic's for field errors (e.g. `missing`, "
+                                  "`string_too_long`), else one of missing_api_key, invalid_api_key, not_found, "
+                                  "method_not_allowed, body_timeout, body_too_large, unsupported_media_type, "
+                                  "json_invalid, value_error, bundle_error, no_bundle, internal_error",
+                      examples=["missing"])
+    loc: list[str | int] = Field(description="where: e.g. [\"body\", \"events\", 0, \"ts\"], "
+                                             "[\"header\", \"x-api-key\"], [\"path\", \"item_id\"]",
+                                 examples=[["body", "platform"]])
+    msg: str = Field(examples=["Field required"])
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response (4xx, 5xx), FastAPI's 422 shape for all of them."""
+
+    detail: list[ErrorItem] = Field(min_length=1)
 
 
 class BatchError(BaseModel):

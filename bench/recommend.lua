@@ -1,11 +1,11 @@
 -- wrk script for bench/serve.py: POST /v1/recommend, one body per line of a file (one person each).
 --
---   wrk -t1 -cC -dDs -s bench/recommend.lua http://127.0.0.1:PORT -- BODIES LIMIT MODE
+--   wrk -t1 -cC -dDs -s bench/recommend.lua http://127.0.0.1:PORT -- BODIES LIMIT MODE KEY
 --
 -- BODIES: file of JSON bodies; LIMIT: stop after this many responses (the run is bounded by count as well
 -- as by wrk's -d); MODE: "cycle" (warm: the same persons again and again) or "once" (cold: every request a
 -- person not asked before; serve.py passes LIMIT <= lines - connections so the requests still in flight
--- when the limit is reached are fresh persons too).
+-- when the limit is reached are fresh persons too). KEY: the X-API-Key to send (reads need one by default).
 -- One wrk thread only: a single thread is far from saturated at these rates, and it keeps the generator
 -- on one core so the server gets the other.
 
@@ -14,7 +14,7 @@ local n, idx, count, limit, cycle = 0, 0, 0, 0, true
 hits, misses, degraded, cold_start = 0, 0, 0, 0
 
 function init(args)
-  local headers = { ["Content-Type"] = "application/json" }
+  local headers = { ["Content-Type"] = "application/json", ["X-API-Key"] = args[4] }
   for line in io.lines(args[1]) do
     n = n + 1
     -- pre-formatted: request() then does no string work on the hot path

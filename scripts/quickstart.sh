@@ -27,7 +27,7 @@ cat <<EOT
 
 Serving on http://127.0.0.1:8000 (Ctrl-C stops). Try, from another shell:
   curl -s localhost:8000/readyz
-  curl -s -X POST localhost:8000/v1/recommend -H 'content-type: application/json' \\
+  curl -s -X POST localhost:8000/v1/recommend -H 'content-type: application/json' -H 'X-API-Key: ${XREC_API_KEYS%%,*}' \\
        -d '{"person_id": "$(.venv/bin/python -c "import pyarrow.parquet as pq; print(pq.read_table('$BUNDLE/history.parquet', columns=['person']).column(0)[0])")", "platform": "$(.venv/bin/python -c "import json; print(json.load(open('$BUNDLE/manifest.json'))['platforms'][0])")", "k": 5}'
 EOT
 exec $X serve --bundle "$BUNDLE" --host 127.0.0.1 --port 8000

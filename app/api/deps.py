@@ -8,17 +8,18 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi import Depends, Request, Security, status
 from fastapi.security import APIKeyHeader
 
+from app.api.errors import ApiError
 from app.core.config import Settings
 from app.services.errors import NoBundle
 from app.services.model_bundle import LoadedBundle
 from app.services.state import ServiceState
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                              description="one of XREC_API_KEYS; required on write, batch and admin routes "
-                                          "(and on reads when XREC_READ_AUTH is true)")
+                              description="one of XREC_API_KEYS; required on every /v1 route (on reads too, "
+                                          "unless XREC_READ_AUTH=false)")
 
 
 async def get_state(request: Request) -> ServiceState:
@@ -40,7 +41,7 @@ async def get_bundle(request: Request) -> LoadedBundle:
     try:
         return request.app.state.xrec.require_bundle()
     except NoBundle:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no bundle loaded") from None
+        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "no bundle loaded (see /readyz)") from None
 
 
 BundleDep = Annotated[LoadedBundle, Depends(get_bundle)]
@@ -49,28 +50,40 @@ BundleDep = Annotated[LoadedBundle, Depends(get_bundle)]
 # each request some microseconds, and /v1/recommend is meant to answer in well under a millisecond.
 
 
+KEY_LOC: list[str | int] = ["header", "x-api-key"]
+
+
 def _check_key(settings: Settings, key: str | None) -> None:
     if not key:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing X-API-Key header",
-                            headers={"WWW-Authenticate": "APIKey"})
+        raise ApiError(status.HTTP_401_UNAUTHORIZED, "missing X-API-Key header", KEY_LOC,
+                       headers={"WWW-Authenticate": "APIKey"})
     given = key.encode()
     # Compare against every key in constant time: no early exit that would time which key matched.
     ok = False
     for k in settings.api_keys:
         ok |= hmac.compare_digest(given, k.get_secret_value().encode())
     if not ok:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid API key")
+        raise ApiError(status.HTTP_403_FORBIDDEN, "invalid API key", KEY_LOC)
 
 
 async def require_api_key(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:
     _check_key(request.app.state.xrec.settings, key)
 
 
-async def require_read_key(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:
+async def require_read_key(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> bool:
+    """Whether this read may see the person's whole history: True with a valid key. With
+    XREC_READ_AUTH=false a read without a key is served too, but returns False: its `reasons` then name
+    items of the target platform only, never what the person did on another platform. A key that is sent
+    is always checked (403 if wrong), so a mistyped key does not silently cost a client its reasons."""
     settings: Settings = request.app.state.xrec.settings
-    if settings.read_auth:
+    if settings.read_auth or key:
         _check_key(settings, key)
+        return True
+    return False
 
 
 WriteAuth = Depends(require_api_key)
 ReadAuth = Depends(require_read_key)
+# In a read handler: whether `reasons` may name items of other platforms than the target (the same
+# dependency as the router's ReadAuth, so it runs once per request).
+AllPlatformReasons = Annotated[bool, Depends(require_read_key)]

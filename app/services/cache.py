@@ -77,11 +77,12 @@ class RankedEntry:
     complete: bool  # the fragments cover every result there was (a shorter answer is the whole answer)
 
 
-RankedKey = tuple[str, str, int, bool]  # model version, person, target platform, exclude_seen
+# model version, person, target platform, exclude_seen, whether reasons may name other platforms' items
+RankedKey = tuple[str, str, int, bool, bool]
 
 
 class RankedCache:
-    """Ranked lists by (model version, person, platform, exclude_seen).
+    """Ranked lists by (model version, person, platform, exclude_seen, all-platform reasons).
 
     Invalidation races: a list computed from a profile read before an event arrived must not be stored
     after that event invalidated the person. `epoch()` is taken before computing; `put` drops the entry
@@ -115,7 +116,8 @@ class RankedCache:
             self._invalidated.put(person, self._epoch)
             for target in range(n_platforms):
                 for exclude_seen in (True, False):
-                    self._lru.pop((model_version, person, target, exclude_seen))
+                    for all_reasons in (True, False):
+                        self._lru.pop((model_version, person, target, exclude_seen, all_reasons))
 
     def clear(self) -> None:
         with self._lock:

@@ -15,3 +15,8 @@ class InputError(ValueError):
 
 class NoBundle(RuntimeError):
     """No bundle is loaded yet (or the first load failed): the service cannot answer (503)."""
+
+
+class Overloaded(RuntimeError):
+    """More requests wait for computation than XREC_RECOMMEND_QUEUE_MAX: refused at once (503 with
+    Retry-After), rather than queued until every one of them is late."""

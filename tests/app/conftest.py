@@ -70,10 +70,22 @@ def settings(bundle_dir: Path, redis_prefix: str, tmp_path: Path) -> Settings:
 
 
 @contextlib.contextmanager
-def running(settings: Settings) -> Iterator[TestClient]:
-    """A service instance (lifespan run) on these settings."""
-    with TestClient(create_app(settings)) as client:
+def running(settings: Settings, key: str | None = API_KEY) -> Iterator[TestClient]:
+    """A service instance (lifespan run) on these settings. Its client sends `key` as X-API-Key on every
+    request, as the backends that call the service do (reads need a key by default); `keyless` for none."""
+    with TestClient(create_app(settings), headers={"X-API-Key": key} if key else None) as client:
         yield client
+
+
+@contextlib.contextmanager
+def keyless(client: TestClient) -> Iterator[TestClient]:
+    """The same client without its X-API-Key header for the duration."""
+    key = client.headers.pop("X-API-Key", None)
+    try:
+        yield client
+    finally:
+        if key is not None:
+            client.headers["X-API-Key"] = key
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Auth (401 missing, 403 wrong, the read-auth toggle), 413 body limit, 422 with field paths, 503 without
-a bundle, health and metrics."""
+"""Auth (401 missing, 403 wrong, reads keyed by default and what a keyless read may see), 413 body
+limit, 422 with field paths, 503 without a bundle, health and metrics."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
-from tests.app.conftest import AUTH, OTHER_KEY, make_settings, running
-from tests.fixtures.tiny_bundle import person_id
+from tests.app.conftest import AUTH, OTHER_KEY, keyless, make_settings, running
+from tests.fixtures.tiny_bundle import PEOPLE, person_id
 
 WRITES = [
     ("post", "/v1/events", {"events": [{"event_id": "a", "platform": "kitchen", "account_id": "x",
@@ -26,23 +26,73 @@ WRITES = [
 def test_write_batch_and_admin_routes_need_a_key(client: TestClient, method: str, path: str,
                                                  body: dict | None) -> None:
     kwargs = {} if body is None else {"json": body}
-    missing = client.request(method, path, **kwargs)
+    with keyless(client):
+        missing = client.request(method, path, **kwargs)
     assert missing.status_code == 401 and missing.headers["www-authenticate"] == "APIKey"
     assert client.request(method, path, headers={"X-API-Key": "nope"}, **kwargs).status_code == 403
     ok = client.request(method, path, headers={"X-API-Key": OTHER_KEY}, **kwargs)
     assert ok.status_code == 200, ok.text
 
 
-def test_reads_are_open_unless_read_auth(client: TestClient, bundle_dir: Path, redis_prefix: str,
-                                         tmp_path: Path) -> None:
+def test_reads_need_a_key_by_default(client: TestClient) -> None:
+    assert Settings(_env_file=None).read_auth is True  # type: ignore[call-arg]
     body = {"person_id": person_id("alice"), "platform": "kitchen"}
-    assert client.post("/v1/recommend", json=body).status_code == 200
-    with running(make_settings(bundle_dir, redis_prefix, tmp_path / "ev", read_auth=True)) as c:
-        assert c.post("/v1/recommend", json=body).status_code == 401
-        assert c.post("/v1/rank", json={**body, "items": [{"item_id": "kitchen:k0001"}]}).status_code == 401
-        assert c.post("/v1/recommend", json=body, headers={"X-API-Key": "bad"}).status_code == 403
-        assert c.post("/v1/recommend", json=body, headers=AUTH).status_code == 200
-        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+    reads = [("/v1/recommend", body), ("/v1/rank", {**body, "items": [{"item_id": "kitchen:k0001"}]})]
+    for path, json in reads:
+        with keyless(client):
+            r = client.post(path, json=json)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "APIKey", r.text
+            assert client.post(path, json=json, headers={"X-API-Key": "bad"}).status_code == 403
+        assert client.post(path, json=json).status_code == 200
+    with keyless(client):
+        assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+
+
+def _reason_platforms(r) -> set[str]:
+    assert r.status_code == 200, r.text
+    return {reason["platform"] for item in r.json()["items"] for reason in item["reasons"]}
+
+
+@pytest.mark.parametrize("who", [{"person_id": person_id("alice")}, {"account_id": PEOPLE["alice"]["kitchen"]}])
+def test_keyless_reads_name_no_other_platforms_items(bundle_dir: Path, redis_prefix: str, tmp_path: Path,
+                                                     who: dict) -> None:
+    """XREC_READ_AUTH=false: reads without a key are served, but their reasons come from the target
+    platform only; a read with a valid key (before or after, cached or not) sees every platform."""
+    with running(make_settings(bundle_dir, redis_prefix, tmp_path / "ev", read_auth=False)) as c:
+        seen_other, seen_own = set(), set()
+        for platform in ("kitchen", "grocery"):
+            body = {**who, "platform": platform, "k": 20}
+            items = [{"item_id": i} for i in c.app.state.xrec.bundle.catalog.item_ids if i.startswith(platform)]
+            rank = {**who, "platform": platform, "items": items[:20]}
+            if "account_id" in who:
+                body["account_platform"] = rank["account_platform"] = "kitchen"
+            full = _reason_platforms(c.post("/v1/recommend", json=body))  # cached with every platform's reasons
+            seen_other |= full - {platform}
+            seen_other |= _reason_platforms(c.post("/v1/rank", json=rank)) - {platform}
+            with keyless(c):
+                for _ in range(2):  # computed, then from the ranked cache
+                    for got in (_reason_platforms(c.post("/v1/recommend", json=body)),
+                                _reason_platforms(c.post("/v1/recommend", json={**body, "now_ts": 1_800_000_000})),
+                                _reason_platforms(c.post("/v1/rank", json=rank))):
+                        assert got <= {platform}
+                        seen_own |= got
+                # A key that is sent is checked, whatever the setting.
+                assert c.post("/v1/recommend", json=body, headers={"X-API-Key": "bad"}).status_code == 403
+            assert _reason_platforms(c.post("/v1/recommend", json=body)) == full
+        assert seen_other, "with a key, some reasons name the other platform: there was something to leak"
+        assert seen_own == {"kitchen", "grocery"}, "keyless reads still get reasons of their own platform"
+
+
+def test_a_keyless_read_of_a_one_platform_person_names_nothing(bundle_dir: Path, redis_prefix: str,
+                                                                tmp_path: Path) -> None:
+    """Carol used grocery only: her kitchen results are personal (from grocery), but a keyless read
+    does not say which grocery items they came from."""
+    body = {"account_id": PEOPLE["carol"]["grocery"], "account_platform": "grocery", "platform": "kitchen", "k": 5}
+    with running(make_settings(bundle_dir, redis_prefix, tmp_path / "ev", read_auth=False), key=None) as c:
+        r = c.post("/v1/recommend", json=body)
+        assert r.status_code == 200 and r.json()["cold_start"] is False
+        assert all(item["reasons"] == [] for item in r.json()["items"])
+        assert _reason_platforms(c.post("/v1/recommend", json=body, headers=AUTH)) == {"grocery"}
 
 
 def test_no_configured_keys_refuses_writes(bundle_dir: Path, redis_prefix: str, tmp_path: Path) -> None:

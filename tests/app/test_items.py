@@ -69,7 +69,7 @@ def test_catalog_changes_survive_a_restart(settings: Settings) -> None:
 def test_item_ids_must_be_namespaced(client: TestClient) -> None:
     r = client.put("/v1/items", json={"items": [{"item_id": "x1", "platform": "kitchen", "title": "t"}]},
                    headers=AUTH)
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "items", 0]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "items", 0, "item_id"]
     r = client.put("/v1/items", json={"items": [{"item_id": "moon:x", "platform": "moon", "title": "t"}]},
                    headers=AUTH)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "items", 0, "platform"]

@@ -124,10 +124,10 @@ def test_lru_and_ranked_cache_invalidation_race() -> None:
     entry = RankedEntry(0, 0, ("x",), (b"{}",), np.array([0]), False, True)
     since = cache.epoch()
     cache.invalidate_person("v", "p1", 2)  # an event arrives while the list is being computed
-    cache.put(("v", "p1", 0, True), entry, since)
-    assert cache.get(("v", "p1", 0, True), 0) is None, "a list computed before the event is not stored"
-    cache.put(("v", "p1", 0, True), entry, cache.epoch())
-    assert cache.get(("v", "p1", 0, True), 0) is entry and cache.get(("v", "p1", 0, True), 1) is None
+    cache.put(("v", "p1", 0, True, True), entry, since)
+    assert cache.get(("v", "p1", 0, True, True), 0) is None, "a list computed before the event is not stored"
+    cache.put(("v", "p1", 0, True, True), entry, cache.epoch())
+    assert cache.get(("v", "p1", 0, True, True), 0) is entry and cache.get(("v", "p1", 0, True, True), 1) is None
 
 
 def test_xrec_serve_starts_uvicorn_with_the_bundle(bundle_dir: Path, redis_prefix: str, tmp_path: Path) -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
 from app.api.deps import StateDep, WriteAuth
+from app.api.errors import AUTH_ERRORS, BODY_ERRORS, ApiError, error_responses, without_server_paths
 from app.schemas import ReloadRequest, ReloadResponse
 from contract.bundle import BundleError
 
-router = APIRouter(tags=["admin"], dependencies=[WriteAuth])
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["admin"], dependencies=[WriteAuth], responses=error_responses(*AUTH_ERRORS, *BODY_ERRORS))
 
 
 @router.post("/v1/admin/reload", response_model=ReloadResponse)
@@ -22,11 +25,14 @@ def reload_bundle(body: ReloadRequest, state: StateDep) -> ReloadResponse:
     previous = state.bundle
     path = Path(body.bundle_dir) if body.bundle_dir else (previous.path if previous else state.settings.bundle_dir)
     if path is None:
-        raise HTTPException(422, "no bundle_dir given and none configured")
+        raise ApiError(422, "no bundle_dir given and none configured", ["body", "bundle_dir"], "bundle_error")
     try:
         bundle = state.load(path)
     except BundleError as e:
-        raise HTTPException(422, f"bundle not loaded: {e}") from None
+        log.warning("reload refused: %s", e)
+        # The reason, but no absolute server path (the log has the full message).
+        raise ApiError(422, f"bundle not loaded: {without_server_paths(str(e), path)}", ["body", "bundle_dir"],
+                       "bundle_error") from None
     return ReloadResponse(model_version=bundle.model_version,
                           previous_model_version=previous.model_version if previous else None,
                           items=sum(bundle.catalog.index_sizes().values()),

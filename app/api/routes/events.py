@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import BundleDep, StateDep, WriteAuth
+from app.api.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
 from app.schemas import EventsRequest, EventsResponse
 
-router = APIRouter(tags=["events"], dependencies=[WriteAuth])
+router = APIRouter(tags=["events"], dependencies=[WriteAuth],
+                   responses=error_responses(*AUTH_ERRORS, *BODY_ERRORS, 503))
 
 
 @router.post("/v1/events", response_model=EventsResponse)

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.api.deps import StateDep
+from app.api.errors import without_server_paths
 from app.schemas import Health, Ready
 
 router = APIRouter(tags=["health"])
@@ -24,8 +25,9 @@ def readyz(state: StateDep) -> JSONResponse:
     redis = "up" if state.guard.ping() else "down"
     bundle = state.bundle
     if bundle is None:
-        return JSONResponse(Ready(status="no bundle", redis=redis, detail=state.load_error).model_dump(),
-                            status_code=503)
+        # Unauthenticated: the reason, without absolute server paths (the log has them).
+        why = state.load_error and without_server_paths(state.load_error, *filter(None, [state.settings.bundle_dir]))
+        return JSONResponse(Ready(status="no bundle", redis=redis, detail=why).model_dump(), status_code=503)
     ready = Ready(status="ready", model_version=bundle.model_version, execution_provider=bundle.provider,
                   redis=redis, items=sum(bundle.catalog.index_sizes().values()), platforms=bundle.platforms)
     return JSONResponse(ready.model_dump(exclude_none=True))

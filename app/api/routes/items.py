@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
 
 from app.api.deps import BundleDep, StateDep, WriteAuth
+from app.api.errors import AUTH_ERRORS, BODY_ERRORS, ApiError, error_responses
 from app.schemas import ItemDeleted, ItemsRequest, ItemsResponse
 
-router = APIRouter(tags=["items"], dependencies=[WriteAuth])
+router = APIRouter(tags=["items"], dependencies=[WriteAuth], responses=error_responses(*AUTH_ERRORS, 503))
 
 
-@router.put("/v1/items", response_model=ItemsResponse)
+@router.put("/v1/items", response_model=ItemsResponse, responses=error_responses(*BODY_ERRORS))
 def upsert_items(body: ItemsRequest, bundle: BundleDep, state: StateDep) -> ItemsResponse:
     """Embed each item's text with the bundle's item encoder and put it in its platform's index; it can
     be recommended from the next request on. An existing id is replaced."""
@@ -18,10 +21,12 @@ def upsert_items(body: ItemsRequest, bundle: BundleDep, state: StateDep) -> Item
     return ItemsResponse(upserted=len(body.items), catalog_version=version, model_version=bundle.model_version)
 
 
-@router.delete("/v1/items/{item_id:path}", response_model=ItemDeleted)
-def delete_item(item_id: str, bundle: BundleDep, state: StateDep) -> ItemDeleted:
+@router.delete("/v1/items/{item_id:path}", response_model=ItemDeleted,
+               responses=error_responses(404, 422, descriptions={404: "No live item with this id",
+                                                                 422: "An item id over 256 characters"}))
+def delete_item(item_id: Annotated[str, Path(max_length=256)], bundle: BundleDep, state: StateDep) -> ItemDeleted:
     """Never recommend the item again (histories that contain it keep it)."""
     version = state.delete_item(bundle, item_id)
     if version is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such item")
+        raise ApiError(status.HTTP_404_NOT_FOUND, "no such item", ["path", "item_id"])
     return ItemDeleted(item_id=item_id, catalog_version=version)
