@@ -20,8 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from app.core.config import DEV_ID_SALT
+from app.core.config import DEV_ID_SALT, Settings
 from contract.bundle import MANIFEST, salt_fingerprint, sha256_file
+from contract.indexes import INDEX_DIR, IndexParams, write_indexes
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "runs" / "bench"
@@ -55,9 +56,13 @@ def _link_bundle(src: Path, dst: Path, replace: set[str]) -> None:
             (dst / entry.name).symlink_to(entry.resolve())
 
 
-def _write_manifest(src: Path, dst: Path, changed: list[str], **updates: object) -> None:
-    """The source manifest with new hashes for `changed` files (the others are the same bytes)."""
+def _write_manifest(src: Path, dst: Path, changed: list[str], drop: list[str] | None = None,
+                    **updates: object) -> None:
+    """The source manifest with new hashes for `changed` files (the others are the same bytes), without the
+    files in `drop`."""
     manifest = read_manifest_json(src)
+    for name in drop or []:
+        manifest["files"].pop(name, None)
     for name in changed:
         manifest["files"][name] = {"sha256": sha256_file(dst / name), "bytes": (dst / name).stat().st_size}
     manifest.update(updates)
@@ -93,13 +98,16 @@ def synthetic_items(n: int, dim: int, share: np.ndarray, seed: int) -> tuple[np.
 
 
 def grow_bundle(src: Path, dst: Path, n_items: int, extra_persons: int = 0, seed: int = 0,
-                log=print) -> Path:
+                log=print, index_files: bool = True) -> Path:
     """A copy of `src` whose items.parquet has `n_items` rows: the real items first (same rows, so knn.npz
     and histories still point at them), then synthetic items (random unit vectors, ids `synth:<platform>:<i>`,
     popularity 0) split across the platforms in the real catalog's proportions.
 
     `extra_persons` > 0 also appends synthetic persons with random histories over the real items (only for
     smoke tests on the tiny fixture, which has six persons; never for the real bundle's figures).
+    `index_files`: build the retrieval indexes of the grown catalog into the copy, as `xrec export` does
+    (every core; kind and HNSW parameters from XREC_HNSW_*), so the service reads them; False: the copy has
+    none and the service builds them at start (an export from before index files).
     """
     started = time.perf_counter()
     manifest = read_manifest_json(src)
@@ -109,7 +117,7 @@ def grow_bundle(src: Path, dst: Path, n_items: int, extra_persons: int = 0, seed
     n_real = items.num_rows
     if n_items < n_real:
         raise SystemExit(f"--items {n_items:,} is below the real catalog's {n_real:,}")
-    replace = {"items.parquet", "knn.npz"} | ({"history.parquet"} if extra_persons else set())
+    replace = {"items.parquet", "knn.npz", INDEX_DIR} | ({"history.parquet"} if extra_persons else set())
     _link_bundle(src, dst, replace)
     n_syn = n_items - n_real
     real_platform = items.column("platform").to_pylist()
@@ -141,9 +149,24 @@ def grow_bundle(src: Path, dst: Path, n_items: int, extra_persons: int = 0, seed
     if extra_persons:
         _grow_history(src, dst, extra_persons, n_real, items.column("item_id").to_pylist(), real_platform, rng)
         changed.append("history.parquet")
-    _write_manifest(src, dst, changed)
+    indexes: dict[str, dict] = {}
+    index_s = 0.0
+    if index_files:
+        t0 = time.perf_counter()
+        st = Settings()
+        params = IndexParams(st.hnsw_threshold, st.hnsw_m, st.hnsw_ef_construction, st.hnsw_ef_search)
+        platform_ids = np.array([platforms.index(p) for p in real_platform] + syn_platform_ids.tolist())
+        written = write_indexes(dst, platforms, platform_ids, all_vecs, params)
+        indexes = {name: entry.model_dump() for name, entry in written.items()}
+        changed += [e.file for e in written.values()]
+        index_s = time.perf_counter() - t0
+    manifest = read_manifest_json(src)
+    stale = [f for f in manifest["files"] if f.startswith(INDEX_DIR + "/")]
+    _write_manifest(src, dst, changed, indexes=indexes, drop=stale)
     log(f"bundle copy {dst}: {n_items:,} items ({n_real:,} real + {n_syn:,} synthetic), "
-        f"{extra_persons:,} synthetic persons, written in {time.perf_counter() - started:.1f}s")
+        f"{extra_persons:,} synthetic persons, written in {time.perf_counter() - started:.1f}s"
+        + (f" (indexes built with {os.cpu_count()} threads in {index_s:.1f}s: "
+           + ", ".join(f"{p} {e['kind']}" for p, e in indexes.items()) + ")" if index_files else ""))
     return dst
 
 
@@ -202,6 +225,33 @@ def persons_and_targets(bundle: Path, seed: int = 0) -> tuple[list[str], list[st
 
 def recommend_body(person: str, target: str, k: int) -> str:
     return json.dumps({"person_id": person, "platform": target, "k": k}, separators=(",", ":"))
+
+
+def zipf_choice(n_items: int, n_draws: int, s: float, rng: np.random.Generator) -> np.ndarray:
+    """`n_draws` indexes into `n_items`, index i drawn with probability ∝ 1 / (i + 1)^s (a few persons come
+    back often, most rarely)."""
+    p = 1.0 / np.arange(1, n_items + 1, dtype=np.float64) ** s
+    return rng.choice(n_items, size=n_draws, p=p / p.sum())
+
+
+def event_sources(bundle: Path, n: int, seed: int = 0, max_events: int = 5) -> list[tuple[str, list[str]]]:
+    """n (platform, item ids) pairs: the last `max_events` items of real persons' histories on one platform
+    (at least 2 there). The benchmark posts them as the events of new accounts (the API takes raw account
+    ids, which a bundle does not hold), then asks for those accounts: the after-event path."""
+    hist = pq.read_table(bundle / "history.parquet", columns=["person", "platform", "item_id", "ts"])
+    hist = hist.sort_by([("person", "ascending"), ("platform", "ascending"), ("ts", "ascending")])
+    person, plat, item = (hist.column(c).to_pylist() for c in ("person", "platform", "item_id"))
+    groups: list[tuple[str, list[str]]] = []
+    start = 0
+    for i in range(1, len(person) + 1):
+        if i == len(person) or (person[i], plat[i]) != (person[start], plat[start]):
+            if i - start >= 2:
+                groups.append((plat[start], item[start:i][-max_events:]))
+            start = i
+    if not groups:
+        raise SystemExit("no person has two events on one platform: no after-event requests possible")
+    rng = np.random.default_rng(seed)
+    return [groups[j] for j in rng.choice(len(groups), size=n, replace=len(groups) < n).tolist()]
 
 
 # ---- accuracy of a bundle -----------------------------------------------------------------------------------

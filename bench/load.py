@@ -1,5 +1,6 @@
 """The service under test and the load generators of bench/serve.py: `Server` starts `xrec serve` on a
-free loopback port and stops it; `run_load` drives it with wrk (or httpx where wrk is missing)."""
+free loopback port and stops it; `BareServer` the HTTP ceiling (bench/bare_app.py); `run_load` drives either
+with wrk (or httpx where wrk is missing); `post_events` sends events before a run."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from common import (
 )
 
 LUA = Path(__file__).resolve().parent / "recommend.lua"
+# The server under test accepts this key (reads need one, as in production: XREC_READ_AUTH defaults to true).
+BENCH_KEY = "xrec-bench-key"
 
 
 # ---- the server ---------------------------------------------------------------------------------------------
@@ -47,7 +50,7 @@ class Server:
         self.events_dir = workdir / f"events-{self.prefix}"  # empty: nothing to replay at start
         self.log_path = workdir / f"server-{self.prefix}.log"
         env = {**os.environ, "XREC_ID_SALT": salt, "XREC_REDIS_PREFIX": self.prefix,
-               "XREC_EVENTS_DIR": str(self.events_dir), "PYTHONUNBUFFERED": "1"}
+               "XREC_EVENTS_DIR": str(self.events_dir), "XREC_API_KEYS": BENCH_KEY, "PYTHONUNBUFFERED": "1"}
         if pythonpath:  # an A/B experiment (e.g. httptools + uvloop), never the default
             env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
         # Production settings: only what makes the run local and isolated is set; everything else is default.
@@ -111,6 +114,58 @@ class Server:
         shutil.rmtree(self.events_dir, ignore_errors=True)
 
 
+class BareServer:
+    """bench/bare_app.py (the HTTP ceiling) served as `xrec serve` serves the app: its own process group,
+    stopped on exit."""
+
+    def __init__(self, workdir: Path, timeout_s: float = 60.0) -> None:
+        self.port = free_port()
+        self.log_path = workdir / f"bare-{self.port}.log"
+        self.log_file = self.log_path.open("w")
+        code = (f"import uvicorn; uvicorn.run('bench.bare_app:app', host='127.0.0.1', port={self.port}, "
+                "log_level='warning', access_log=False, http='xrec.http_protocol:NoDelayHTTPProtocol')")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=self.log_file,
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.perf_counter() + timeout_s
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"bare server exited: {self.log_path.read_text()[-2000:]}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise SystemExit(f"bare server not ready after {timeout_s:.0f}s; log: {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self.log_file.close()
+
+
+def post_events(url: str, events: list[dict], batch: int = 500) -> dict[str, int]:
+    """POST /v1/events in batches (before a measured run, not during it); totals of the answers."""
+    totals: dict[str, int] = Counter()
+    for i in range(0, len(events), batch):
+        body = json.dumps({"events": events[i:i + batch]}).encode()
+        req = urllib.request.Request(url + "/v1/events", data=body, method="POST",
+                                     headers={"Content-Type": "application/json", "X-API-Key": BENCH_KEY})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            out = json.loads(r.read())
+        for k in ("accepted", "duplicates", "unknown_items"):
+            totals[k] += int(out.get(k, 0))
+    return dict(totals)
+
+
 def _drop_redis_prefix(prefix: str) -> None:
     """Delete this run's keys (and only them): a benchmark must not leave 50k profiles in a shared Redis."""
     try:
@@ -136,7 +191,7 @@ def run_wrk(url: str, bodies: list[str], concurrency: int, duration_s: float, li
     path = tmp / f"bodies-{uuid.uuid4().hex[:6]}.jsonl"
     path.write_text("\n".join(bodies) + "\n")
     cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s", "--timeout", "2s",
-           "-s", str(LUA), url, "--", str(path), str(limit), "cycle" if cycle else "once"]
+           "-s", str(LUA), url, "--", str(path), str(limit), "cycle" if cycle else "once", BENCH_KEY]
     # wrk stops at -d by itself, or at LIMIT responses when the script prints WRK_LIMIT and we interrupt it;
     # the deadline is the backstop if it ever hung.
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's own CPU: the generator's cost, measured
@@ -191,7 +246,7 @@ async def _httpx_run(url: str, bodies: list[str], concurrency: int, duration_s: 
             t0 = time.perf_counter()
             try:
                 r = await client.post("/v1/recommend", content=body,
-                                      headers={"content-type": "application/json"})
+                                      headers={"content-type": "application/json", "x-api-key": BENCH_KEY})
             except httpx.HTTPError:
                 errors += 1
                 continue

@@ -14,6 +14,8 @@ A bundle is a folder `bundles/<version>/`:
   history.parquet        person, platform, item_id, ts — each person's recent fused history at the cut-off
   accounts.parquet       platform, account (keyed hash), person
   knn.npz                index int32 [n_items, K] (rows of items.parquet, -1 = none), weight float32 [n_items, K]
+  indexes/<p>.faiss      (optional) platform p's retrieval index, FAISS ids = item rows (`contract.indexes`);
+                         listed in manifest.indexes. Without them the service builds the indexes at start.
 
 Platform ids: index into `manifest.platforms`; in `hist_platform` they are shifted by one (0 = padding).
 `target_platform` is NOT shifted. Inputs are built by `contract.features`, the same code offline and online.
@@ -48,6 +50,17 @@ class ModelFile(BaseModel):
     parity: dict[str, float] = Field(default_factory=dict, description="e.g. cosine, max_abs_diff")
 
 
+class IndexFile(BaseModel):
+    """One platform's FAISS index (`contract.indexes`), built at export."""
+
+    file: str
+    kind: str = Field(description="flat (exact inner product) | hnsw")
+    items: int = Field(description="vectors in it: the platform's items in items.parquet")
+    hnsw_threshold: int = Field(description="the size above which export chose HNSW (catalog changes keep to it)")
+    hnsw_m: int
+    hnsw_ef_construction: int
+
+
 class FileEntry(BaseModel):
     sha256: str
     bytes: int
@@ -70,6 +83,7 @@ class Manifest(BaseModel):
     knn_candidates: int = Field(default=0, description="item-KNN candidates added to retrieval's before re-ranking")
     knn_decay: float = Field(default=1.0, description="`decay` for features.knn_scores (recency weighting)")
     models: dict[str, ModelFile]
+    indexes: dict[str, IndexFile] = Field(default_factory=dict, description="platform → its index file")
     files: dict[str, FileEntry] = Field(default_factory=dict)
     salt_fingerprint: str = Field(default="", description="sha256 of the id salt: the service checks it")
     cutoff_ts: int | None = None

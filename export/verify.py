@@ -1,4 +1,5 @@
-"""`xrec bundle verify`: hashes, then load every model and run one inference on inputs of the right shape."""
+"""`xrec bundle verify`: hashes, then load every model and run one inference on inputs of the right shape, and
+read every retrieval index."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from contract.bundle import BundleError, read_manifest, verify_files
+from contract.indexes import read_index
 
 
 def _dummy_feeds(sess: ort.InferenceSession, manifest) -> dict[str, np.ndarray]:
@@ -49,4 +51,15 @@ def verify_bundle(bundle: Path, log: Callable[[str], None] = print) -> list[str]
             if not np.all(np.isfinite(out)):
                 problems.append(f"{file}: produced non-finite output")
             log(f"{name} ({variant}): ran, output {tuple(out.shape)}")
+    for platform, entry in manifest.indexes.items():
+        try:
+            index = read_index(bundle / entry.file, mmap=False)
+        except Exception as e:  # noqa: BLE001 - any failure to read is the finding
+            problems.append(f"{entry.file}: does not load: {e}")
+            continue
+        if index.ntotal != entry.items or index.d != manifest.dim:
+            problems.append(f"{entry.file}: {index.ntotal} vectors of dimension {index.d}, the manifest says "
+                            f"{entry.items} of dimension {manifest.dim}")
+        else:
+            log(f"index {platform} ({entry.kind}): {index.ntotal:,} items")
     return problems

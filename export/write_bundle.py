@@ -3,13 +3,16 @@
 Every model is exported to ONNX and checked against the trained model on real inputs (the item encoder
 against the model's own text-only item vectors of real titles); a failed check fails the export.
 Quantised item-encoder variants are measured (cosine to fp32, valid NDCG@10 of text-only retrieval) and
-marked recommended only when NDCG@10 drops by less than 1% relative. The bundle is written atomically.
+marked recommended only when NDCG@10 drops by less than 1% relative. Each platform's FAISS index is built
+here with every core (exact up to `hnsw_threshold` items, HNSW above; `contract.indexes`), so the service
+reads it instead of building it at start. The bundle is written atomically.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import pyarrow.parquet as pq
 
 from contract.bundle import ITEM_ENCODER_INPUTS, Manifest, ModelFile, salt_fingerprint, write_manifest
 from contract.features import HISTORY_SNAPSHOT, SCORER_EXTRAS, user_encoder_feeds
+from contract.indexes import IndexParams, write_indexes
 from export.onnx import SCORER_INPUTS, USER_INPUTS, export_scorer, export_user_encoder
 from export.onnx_optimize import quantize_int8, to_fp16
 from export.onnx_text import check_against_model, compare_vectors, embed_onnx, export_text_encoder
@@ -46,7 +50,8 @@ def _text_only_ndcg(ranker: Ranker, text_vecs: np.ndarray, valid) -> float:
 
 
 def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, dataset: Path | None = None,
-                  salt: str = "", measure_variants: bool = True, log=print) -> Path:
+                  salt: str = "", measure_variants: bool = True, log=print,
+                  index_params: IndexParams | None = None) -> Path:
     loaded = load_checkpoint(checkpoint)
     ckpt, cfg, model = loaded.ckpt, loaded.cfg, loaded.model
     ds = load_dataset(Path(dataset or ckpt["dataset"]))
@@ -118,6 +123,12 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
             shutil.copy2(src_accounts, tmp / "accounts.parquet")
         np.savez(tmp / "knn.npz", index=ckpt["knn_index"].astype(np.int32),
                  weight=ckpt["knn_weight"].astype(np.float32))
+        # The retrieval indexes, built here with every core, so that the service only reads them.
+        started = time.perf_counter()
+        indexes = write_indexes(tmp, list(ds.platforms), np.asarray(ds.item_platform), vecs.astype(np.float32),
+                                index_params or IndexParams())
+        log(f"indexes: {', '.join(f'{p} {e.kind} ({e.items:,} items)' for p, e in indexes.items())} in "
+            f"{time.perf_counter() - started:.1f}s")
 
         evaluation = {"train": ckpt.get("log", {}).get("two_tower", {}).get("best_valid_ndcg@10"),
                       "scorer": ckpt.get("log", {}).get("scorer", {}).get("best_valid_ndcg@10"),
@@ -131,7 +142,8 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
                             max_length=cfg.text_max_length, scorer_extras=list(SCORER_EXTRAS),
                             retrieval_candidates=ranker.candidates,
                             knn_candidates=ranker.knn_candidates, knn_decay=float(ckpt.get("knn_decay", 1.0)),
-                            models=models, salt_fingerprint=salt_fingerprint(salt) if salt else "",
+                            models=models, indexes=indexes,
+                            salt_fingerprint=salt_fingerprint(salt) if salt else "",
                             cutoff_ts=int(ds.timelines.ts.max()) if len(ds.timelines.ts) else None,
                             evaluation=evaluation)
         write_manifest(tmp, manifest)

@@ -162,9 +162,16 @@ class Metrics:
                                 ("model_version", "provider"))
         self.index_items = Gauge("xrec_index_items", "Live items in the retrieval index, per platform.",
                                  ("platform",))
+        self.recommend_batch = Histogram("xrec_recommend_batch_size",
+                                         "Uncached /v1/recommend requests computed together (micro-batching).",
+                                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.recommend_hold = Histogram("xrec_recommend_batch_hold_seconds",
+                                        "How long a request waited for others to join its batch (not counting "
+                                        "the wait for the batch before it to finish).",
+                                        buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05))
         self.all = [self.request_seconds, self.requests, self.ranked_cache, self.profile_source,
                     self.redis_errors, self.redis_up, self.events, self.batch_rows, self.reloads,
-                    self.model_info, self.index_items]
+                    self.model_info, self.index_items, self.recommend_batch, self.recommend_hold]
 
     def render(self) -> str:
         lines: list[str] = []

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
@@ -30,6 +31,10 @@ class Bus:
         self.origin = uuid.uuid4().hex
         self.handlers: dict[str, Handler] = {}
         self.on_reconnect: Callable[[], None] | None = None
+        # Every time the subscription is confirmed (first time included; after `on_reconnect`), and every
+        # time it is lost: from then on until the next confirmation, messages may be missed.
+        self.on_subscribed: Callable[[], None] | None = None
+        self.on_lost: Callable[[], None] | None = None
         self._url = redis_url
         self._connect_timeout = connect_timeout
         self._stop = threading.Event()
@@ -56,11 +61,14 @@ class Bus:
         while not self._stop.is_set():
             client = redis.Redis.from_url(self._url, socket_connect_timeout=self._connect_timeout,
                                           socket_timeout=5.0)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub = client.pubsub()  # subscribe confirmations too: `_confirmed` waits for one
             try:
                 pubsub.subscribe(self.keys.bus)
+                _confirmed(pubsub)
                 if not first and self.on_reconnect is not None:
                     self.on_reconnect()
+                if self.on_subscribed is not None:
+                    self.on_subscribed()
                 first, backoff = False, 0.5
                 while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=0.5)
@@ -68,6 +76,8 @@ class Bus:
                         self._dispatch(msg["data"])
             except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
                 first = False  # whatever came in meanwhile was missed
+                if self.on_lost is not None:
+                    self.on_lost()
                 # Tell the guard at once: warm answers (which never touch Redis) report `degraded` now,
                 # not only after the next cold request fails.
                 self.guard.report_failure(e)
@@ -93,3 +103,13 @@ class Bus:
                 handler(message)
             except Exception:  # one bad message must not stop the listener
                 log.exception("bus handler for %r failed", message.get("t"))
+
+
+def _confirmed(pubsub: redis.client.PubSub, timeout_s: float = 5.0) -> None:
+    """Wait for Redis to confirm the subscription: only from then on is no published message missed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        msg = pubsub.get_message(timeout=0.5)
+        if msg is not None and msg.get("type") == "subscribe":
+            return
+    raise redis.TimeoutError("no subscription confirmation")

@@ -1,4 +1,5 @@
-"""Load a bundle folder (layout: `contract.bundle`) into what the service runs: sessions, tables, indexes.
+"""Load a bundle folder (layout: `contract.bundle`) into what the service runs: sessions, tables, indexes
+(read from the bundle's index files, memory-mapped; built here for a bundle without them).
 
 Loading is all-or-nothing and touches no shared state, so /v1/admin/reload can load a new bundle while
 the old one keeps serving, then swap one reference.
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 from app.core.config import Settings
 from app.services.onnx import active_provider, make_session, select_providers
 from app.services.ranking import Models
-from app.services.retrieval import Catalog, IndexParams
+from app.services.retrieval import Catalog, IndexParams, PlatformIndex
 from app.services.text_embedder import TextEmbedder
 from contract.bundle import (
     BundleError,
@@ -33,6 +34,7 @@ from contract.bundle import (
     verify_files,
 )
 from contract.features import KnnTable
+from contract.indexes import index_rows, read_index
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,10 @@ class LoadedBundle:
     loaded_at: float = field(default_factory=time.time)
     # Serialises catalog writers; readers just read `catalog` once per request.
     catalog_lock: threading.Lock = field(default_factory=threading.Lock)
+    # JSON pieces of catalog rows, made on first use (a row's item id and title never change: a changed
+    # item gets a new row): (row, "result") → b'{"item_id":…,"title":…,"score":', (row, "reason") →
+    # b'{"item_id":…,"platform":…,"weight":'.
+    row_json: dict[tuple[int, str], bytes] = field(default_factory=dict)
 
     @property
     def model_version(self) -> str:
@@ -107,6 +113,26 @@ def _read(path: Path, columns: list[str]) -> pa.Table:
     if missing:
         raise BundleError(f"{path}: missing columns {missing}")
     return table
+
+
+def _read_indexes(path: Path, manifest: Manifest, item_platform: np.ndarray, settings: Settings
+                  ) -> dict[int, PlatformIndex]:
+    """The FAISS indexes built at export (`contract.indexes`), each checked against items.parquet."""
+    platform_of = {p: i for i, p in enumerate(manifest.platforms)}
+    out = {}
+    for name, entry in manifest.indexes.items():
+        pid = platform_of.get(name)
+        if pid is None:
+            raise BundleError(f"manifest.json: an index for {name!r}, which is not one of {manifest.platforms}")
+        index = read_index(path / entry.file, mmap=settings.index_mmap)
+        rows = np.flatnonzero(item_platform == pid)
+        if int(index.d) != manifest.dim or not np.array_equal(index_rows(index), rows):
+            raise BundleError(f"{entry.file}: {index.ntotal} vectors of dimension {index.d}; items.parquet has "
+                              f"{len(rows)} {name} items of dimension {manifest.dim}: re-export the bundle")
+        params = IndexParams(entry.hnsw_threshold, entry.hnsw_m, entry.hnsw_ef_construction, settings.hnsw_ef_search,
+                             settings.faiss_threads)
+        out[pid] = PlatformIndex.from_file(index, entry.kind, params, mapped=settings.index_mmap)
+    return out
 
 
 def load_bundle(path: Path, settings: Settings) -> LoadedBundle:
@@ -153,9 +179,14 @@ def _load(path: Path, settings: Settings) -> LoadedBundle:
     vectors = _vectors(items.column("vector"), manifest.dim)
     popularity = items.column("popularity").to_numpy(zero_copy_only=False).astype(np.float64)
     params = IndexParams(settings.hnsw_threshold, settings.hnsw_m, settings.hnsw_ef_construction,
-                         settings.hnsw_ef_search)
+                         settings.hnsw_ef_search, settings.faiss_threads)
+    indexes = _read_indexes(path, manifest, item_platform, settings)
+    if indexes:  # the bundle's choices (kind, HNSW build parameters) stand; catalog changes keep to them
+        params = next(iter(indexes.values())).params
+    # Platforms the bundle has no index file for (all of them, for a bundle exported before index files)
+    # are indexed here.
     catalog = Catalog.build(item_ids, item_platform, items.column("title").to_pylist(), vectors, popularity,
-                            len(manifest.platforms), params)
+                            len(manifest.platforms), params, indexes)
 
     knn = np.load(path / "knn.npz")
     knn_index, knn_weight = knn["index"].astype(np.int64), knn["weight"].astype(np.float32)

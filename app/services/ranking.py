@@ -71,6 +71,12 @@ class OnnxBackend:
         return self.models.scorer is not None
 
     def user_vectors(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if len(feeds["target_platform"]) == 1:
+            # ONNX Runtime computes a batch of one another way (matrix-vector kernels) than a larger batch,
+            # and the last bits differ. Run it as a batch of two, so a request computed alone gets exactly
+            # the vector it gets in a micro-batch.
+            feeds = {k: np.concatenate([v, v]) for k, v in feeds.items()}
+            return self.models.user_encoder.run(None, feeds)[0][:1]
         return self.models.user_encoder.run(None, feeds)[0]
 
     def search(self, target: int, user_vecs: np.ndarray, n: int, exclude: Sequence[np.ndarray]

@@ -5,6 +5,9 @@ Keys (prefix = XREC_REDIS_PREFIX, default "xrec"):
                                              (history + a user vector per platform); TTL profile_ttl_s
   {prefix}:events:{person}                   list: the person's events since the bundle, any model version
   {prefix}:seq:{person}                      counter: events appended so far (the profile's version)
+  {prefix}:evented                           set: every person with events since the bundle (see
+                                             profiles.EventedPersons); {prefix}:evented:complete marks
+                                             that it also holds persons of events ingested before it existed
   {prefix}:event:{event_id}                  idempotency marker, TTL event_ttl_s
   {prefix}:stream:events                     stream: every new event, pseudonymous (for other consumers)
   {prefix}:catalog                           hash item_id → latest catalog change (upsert/delete)
@@ -18,11 +21,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from app.core.config import Settings
@@ -31,8 +36,8 @@ from app.core.metrics import Metrics
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Append one event unless its id was seen: marker, history list (trimmed), counter, stream. Returns the
-# person's new sequence number, or 0 for a duplicate.
+# Append one event unless its id was seen: marker, history list (trimmed), counter, the person in the set of
+# persons with events, stream. Returns the person's new sequence number, or 0 for a duplicate.
 INGEST_LUA = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
@@ -40,8 +45,19 @@ redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 local s = redis.call('INCR', KEYS[3])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5))
+redis.call('SADD', KEYS[5], ARGV[5])
+redis.call('EXPIRE', KEYS[5], ARGV[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 6))
 return s
+"""
+
+# Everything a request needs to know about one person, in one call: {seq, profile data, nil} when the stored
+# profile includes every event appended so far, else {seq, nil, the event list} to build it from.
+READ_PROFILE_LUA = """
+local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
+local p = redis.call('HMGET', KEYS[1], 'seq', 'data')
+if p[2] and tonumber(p[1]) >= seq then return {seq, p[2], false} end
+return {seq, false, redis.call('LRANGE', KEYS[2], 0, -1)}
 """
 
 # Write a profile unless a newer one (built from more events) is already there: two replicas building
@@ -84,12 +100,34 @@ return cur
 """
 
 
+def run_scripts(r: redis.Redis, calls: Sequence[tuple[Script, Sequence[str], Sequence[object]]]) -> list:
+    """Script calls (script, keys, args) in one pipeline: one round trip. EVALSHA directly, loading a script
+    only when Redis answers that it does not have it (a pipeline of `Script` objects would first ask
+    SCRIPT EXISTS, a second round trip every time)."""
+    for attempt in range(2):
+        pipe = r.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        out = pipe.execute(raise_on_error=False)
+        missing = {id(s): s for (s, _, _), res in zip(calls, out, strict=True) if isinstance(res, NoScriptError)}
+        if not missing or attempt:
+            break
+        for s in missing.values():  # Redis restarted (or never saw them): load, then run the calls again
+            r.script_load(s.script)
+    for res in out:
+        if isinstance(res, Exception):
+            raise res
+    return out
+
+
 class Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.stream = f"{prefix}:stream:events"
         self.catalog = f"{prefix}:catalog"
         self.bus = f"{prefix}:bus"
+        self.evented = f"{prefix}:evented"
+        self.evented_complete = f"{prefix}:evented:complete"
 
     def profile(self, model_version: str, person: str) -> str:
         return f"{self.prefix}:{model_version}:profile:{person}"
@@ -142,6 +180,7 @@ class RedisGuard:
         self._lock = threading.Lock()
         self.ingest = client.register_script(INGEST_LUA)
         self.put_profile = client.register_script(PUT_PROFILE_LUA)
+        self.read_profile = client.register_script(READ_PROFILE_LUA)
         self.advance = client.register_script(ADVANCE_LUA)
         metrics.redis_up.set(1)
 
@@ -161,6 +200,12 @@ class RedisGuard:
         if not self.healthy:
             self._recovered()
         return out
+
+    def load_scripts(self) -> None:
+        """Load the Lua scripts into Redis now, so the first requests do not pay for it. Raises
+        RedisUnavailable."""
+        scripts = (self.ingest, self.put_profile, self.read_profile, self.advance)
+        self.run(lambda r: [r.script_load(s.script) for s in scripts])
 
     def ping(self) -> bool:
         try:

@@ -7,6 +7,9 @@ so a row's vector never changes under a reader.
 Copy-on-write: a `Catalog` is never modified. Upserts and deletes build a new one (arrays copied,
 changed platform indexes cloned) and the service swaps one reference, so searches never take a lock and
 always see a consistent table + index pair.
+
+The indexes come from the bundle (`contract.indexes`: built at export, read here, memory-mapped) or, for a
+bundle without index files, are built at load the same way.
 """
 
 from __future__ import annotations
@@ -17,13 +20,9 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
+from contract.indexes import IndexParams, build_index, owned_copy
 
-@dataclass(frozen=True)
-class IndexParams:
-    hnsw_threshold: int = 50_000
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 256
+__all__ = ["Catalog", "IndexParams", "PlatformIndex"]
 
 
 class PlatformIndex:
@@ -35,27 +34,25 @@ class PlatformIndex:
     """
 
     def __init__(self, index: faiss.Index, kind: str, dim: int, tombstones: frozenset[int],
-                 params: IndexParams) -> None:
+                 params: IndexParams, mapped: bool = False) -> None:
         self.index = index
         self.kind = kind
         self.dim = dim
         self.tombstones = tombstones
         self.params = params
+        self.mapped = mapped  # its vectors are pages of the bundle's index file (read-only)
 
     @classmethod
     def build(cls, dim: int, rows: np.ndarray, vecs: np.ndarray, params: IndexParams) -> PlatformIndex:
-        if len(rows) > params.hnsw_threshold:
-            base = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            base.hnsw.efConstruction = params.hnsw_ef_construction
-            base.hnsw.efSearch = params.hnsw_ef_search
-            kind = "hnsw"
-        else:
-            base = faiss.IndexFlatIP(dim)
-            kind = "flat"
-        index = faiss.IndexIDMap2(base)
-        if len(rows):
-            index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.asarray(rows, dtype=np.int64))
+        index, kind = build_index(dim, rows, vecs, params)
         return cls(index, kind, dim, frozenset(), params)
+
+    @classmethod
+    def from_file(cls, index: faiss.Index, kind: str, params: IndexParams, mapped: bool) -> PlatformIndex:
+        """An index read from the bundle (`contract.indexes.read_index`), searched with `params`' efSearch."""
+        if kind == "hnsw":
+            faiss.downcast_index(index.index).hnsw.efSearch = params.hnsw_ef_search
+        return cls(index, kind, int(index.d), frozenset(), params, mapped)
 
     @property
     def size(self) -> int:
@@ -71,7 +68,7 @@ class PlatformIndex:
         crosses = (len(all_rows) > self.params.hnsw_threshold) != (self.kind == "hnsw")
         if crosses or len(tombstones) * 4 > max(len(all_rows), 1):
             return PlatformIndex.build(self.dim, all_rows, all_vecs, self.params)
-        index = faiss.clone_index(self.index)
+        index = owned_copy(self.index) if self.mapped else faiss.clone_index(self.index)
         if remove and self.kind == "flat":
             index.remove_ids(np.fromiter(remove, dtype=np.int64, count=len(remove)))
         if len(add_rows):
@@ -92,6 +89,10 @@ class PlatformIndex:
             return [np.zeros(0, dtype=np.int64) for _ in range(b)]
         extra = max((len(e) for e in exclude), default=0) + len(self.tombstones)
         k = min(int(self.index.ntotal), n + extra)
+        # OpenMP's thread count belongs to each thread: the loader's setting does not reach the threads that
+        # search (left at every core, a batched search would spin up threads that compete with the requests).
+        if faiss.omp_get_max_threads() != self.params.search_threads:
+            faiss.omp_set_num_threads(self.params.search_threads)
         _, ids = self.index.search(np.ascontiguousarray(user_vecs, dtype=np.float32), k)
         out = []
         dead = np.fromiter(self.tombstones, dtype=np.int64, count=len(self.tombstones))
@@ -123,13 +124,16 @@ class Catalog:
 
     @classmethod
     def build(cls, item_ids: list[str], platform: np.ndarray, titles: list[str], vectors: np.ndarray,
-              popularity: np.ndarray, n_platforms: int, params: IndexParams) -> Catalog:
+              popularity: np.ndarray, n_platforms: int, params: IndexParams,
+              indexes: dict[int, PlatformIndex] | None = None) -> Catalog:
+        """The catalog with `indexes` (read from the bundle), building those of platforms it lacks."""
         live = np.ones(len(item_ids), dtype=bool)
         dim = vectors.shape[1]
-        indexes = {}
+        indexes = dict(indexes or {})
         for p in range(n_platforms):
-            rows = np.flatnonzero(platform == p)
-            indexes[p] = PlatformIndex.build(dim, rows, vectors[rows], params)
+            if p not in indexes:
+                rows = np.flatnonzero(platform == p)
+                indexes[p] = PlatformIndex.build(dim, rows, vectors[rows], params)
         max_pop = {p: float(popularity[platform == p].max(initial=1)) for p in range(n_platforms)}
         return cls(item_ids, platform, titles, vectors, popularity, live,
                    {item: i for i, item in enumerate(item_ids)}, indexes, max_pop,

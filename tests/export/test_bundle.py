@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -42,6 +43,11 @@ def test_bundle_has_every_file_with_its_hash_and_parity_figures(tiny_bundle):
         assert m.models[model].parity["max_abs_diff"] <= 1e-4, model
     assert m.platforms == ["news", "shop", "video"] and m.dim == 16 and m.model_version == "t1"
     assert "int8" in m.models["item_encoder"].variants
+    # the retrieval indexes, built at export, hashed like every file (verify covers them)
+    assert sorted(m.indexes) == m.platforms
+    items = pq.read_table(tiny_bundle / "items.parquet").column("platform").to_pylist()
+    for platform, entry in m.indexes.items():
+        assert entry.file in m.files and entry.kind == "flat" and entry.items == items.count(platform) > 0
 
 
 def test_verify_passes_then_names_a_tampered_file(tiny_bundle, tmp_path):

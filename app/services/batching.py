@@ -1,0 +1,186 @@
+"""Micro-batching: concurrent requests computed together, as TEI and Triton batch their model calls. The
+service batches the uncached /v1/recommend path (`Recommender.compute_many`): requests that arrive together
+share one profile read, one user-encoder call, one FAISS search per platform and one scorer call.
+
+One worker thread takes requests from a bounded queue:
+- when it is free and requests are waiting, it takes them all (up to `max_batch`) at once;
+- when none is waiting, it blocks for the next one; then, only while requests have been arriving closer
+  together than the window (an estimate of the arrival rate), it waits for others until `window` after the
+  moment it could have started that first one, or until none has come for twice the usual gap. A request
+  is never held longer than the window for company, and a lone request (slow traffic) is not held at all.
+A full queue refuses a request (`Overloaded`) instead of making every later one late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from app.services.errors import Overloaded
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Job(Generic[T]):
+    item: T
+    future: Future
+    arrived: float  # time.monotonic()
+
+
+@dataclass
+class BatchStats:
+    """Totals since start (or `reset`): what tests and the benchmark read."""
+
+    batches: int = 0
+    requests: int = 0
+    largest: int = 0
+    max_hold_s: float = 0.0  # the longest a request waited for others to join its batch
+
+
+class MicroBatcher(Generic[T, R]):
+    """`process(items)` returns one result or exception per item, in order; `after_batch()` runs once the
+    batch's answers are out (work the answers do not wait for)."""
+
+    def __init__(self, process: Callable[[list[T]], Sequence[R | BaseException]], *, window_s: float,
+                 max_batch: int, max_queue: int, after_batch: Callable[[], None] | None = None,
+                 observe: Callable[[int, list[float]], None] | None = None, name: str = "xrec-batcher") -> None:
+        self.process = process
+        self.after_batch = after_batch
+        self.observe = observe  # (batch size, each request's hold in seconds)
+        self.window = max(float(window_s), 0.0)
+        self.max_batch = max(int(max_batch), 1)
+        self.name = name
+        self.stats = BatchStats()
+        self._queue: queue.Queue[_Job[T] | None] = queue.Queue(max(int(max_queue), 1))
+        # Mean gap between arrivals (exponentially weighted; a gap counts at most 10 windows, so one idle
+        # minute does not hide the burst after it). Starts "slow": nobody is held until traffic says so.
+        self._cap = max(10 * self.window, 1e-3)
+        self._gap = self._cap
+        self._last = time.monotonic()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the batch in progress, fail the requests still waiting."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        with contextlib.suppress(queue.Full):  # full: the worker is stuck; it is a daemon thread
+            self._queue.put(None, timeout=timeout_s)
+        thread.join(timeout_s)
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(RuntimeError("the service is shutting down"))
+
+    # ---- callers -------------------------------------------------------------------------------------------
+
+    def submit(self, item: T) -> Future:
+        """Queue one item; its future gets the result. Raises Overloaded when the queue is full."""
+        if self._thread is None:
+            self.start()
+        now = time.monotonic()
+        self._gap += 0.2 * (min(now - self._last, self._cap) - self._gap)
+        self._last = now
+        future: Future = Future()
+        try:
+            self._queue.put_nowait(_Job(item, future, now))
+        except queue.Full:
+            raise Overloaded(f"{self._queue.maxsize} requests are already waiting to be computed") from None
+        return future
+
+    async def run(self, item: T) -> R:
+        """`submit` for the event loop: awaits the result without blocking the loop."""
+        return await asyncio.wrap_future(self.submit(item))
+
+    # ---- the worker ----------------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        free_at = time.monotonic()  # when the worker last became free to start a batch
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, stop = self._collect(first, free_at)
+            self._run(batch, free_at)
+            free_at = time.monotonic()
+            if stop:
+                return
+
+    @property
+    def busy(self) -> bool:
+        """Whether requests arrive closer together than the window: only then is one held for company."""
+        return self._gap < self.window
+
+    def _collect(self, first: _Job[T], free_at: float) -> tuple[list[_Job[T]], bool]:
+        """`first` and whatever joins it: everything already waiting, and (busy traffic only) what arrives
+        until `window` after `first` could have started."""
+        batch = [first]
+        start = max(first.arrived, free_at)
+        deadline = start + self.window if self.busy else start
+        linger = 2 * self._gap  # no arrival for twice the usual gap: the burst is over, stop waiting
+        while len(batch) < self.max_batch:
+            wait = min(deadline - time.monotonic(), linger)
+            try:
+                job = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return batch, True
+            batch.append(job)
+        return batch, False
+
+    def _run(self, batch: list[_Job[T]], free_at: float) -> None:
+        began = time.monotonic()
+        holds = [began - max(j.arrived, free_at) for j in batch]
+        live = [j for j in batch if j.future.set_running_or_notify_cancel()]  # not cancelled (client gone)
+        s = self.stats
+        s.batches += 1
+        s.requests += len(live)
+        s.largest = max(s.largest, len(live))
+        s.max_hold_s = max(s.max_hold_s, *holds)
+        if self.observe is not None:
+            self.observe(len(live), holds)
+        if live:
+            try:
+                results: Sequence[R | BaseException] = self.process([j.item for j in live])
+            except Exception as e:  # process answers per item; this is a bug in it, not in one request
+                log.exception("%s: a batch failed as a whole", self.name)
+                results = [e] * len(live)
+            for job, result in zip(live, results, strict=True):
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+        if self.after_batch is not None:
+            try:
+                self.after_batch()
+            except Exception:  # e.g. a profile write-back: the answers are out, the next request redoes it
+                log.exception("%s: after-batch work failed", self.name)
+
+    def reset_stats(self) -> None:
+        self.stats = BatchStats()
