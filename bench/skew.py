@@ -45,7 +45,7 @@ def main() -> None:
     settings = Settings(_env_file=None, bundle_dir=args.bundle, redis_prefix=prefix,  # type: ignore[call-arg]
                         events_dir=Path(f"/tmp/{prefix}"), api_keys=API_KEY)
     rng = np.random.default_rng(0)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers={"X-API-Key": API_KEY}) as client:
         if args.mode in ("recommend", "both"):
             same, started = 0, time.perf_counter()
             for q, scores in zip(queries, ranker.final(queries), strict=True):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install xrec with its training and dev extras, from nothing.
+# Create .venv and install xrec with its training, campaign (Ray) and dev extras, from nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -7,5 +7,5 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first and pinned: 2.13.0 is a CPU build already on disk; any other spec pulls GBs of CUDA wheels.
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[train,dev]"
+.venv/bin/python -m pip install -q -e ".[train,campaign,dev]"  # campaign: ray[data], ~15 s
 echo "installed: $(.venv/bin/xrec --help >/dev/null && echo xrec CLI ok)"

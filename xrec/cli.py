@@ -16,6 +16,8 @@ data_app = typer.Typer(help="Ingest, clean and fuse raw platform logs.", no_args
 app.add_typer(data_app, name="data")
 bundle_app = typer.Typer(help="Inspect and check model bundles.", no_args_is_help=True)
 app.add_typer(bundle_app, name="bundle")
+batch_app = typer.Typer(help="Offline scoring of many persons (campaigns).", no_args_is_help=True)
+app.add_typer(batch_app, name="batch")
 
 # Wide enough for the summary tables when stderr is a log file rather than a terminal.
 err = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 140)
@@ -163,7 +165,9 @@ def export_cmd(
     version: Annotated[str | None, typer.Option(help="bundle version (default: a UTC timestamp)")] = None,
     measure_variants: Annotated[bool, typer.Option(help="measure quantised variants on valid")] = True,
 ) -> None:
-    """Export the encoders and the scorer to ONNX (with parity checks) and write a versioned bundle."""
+    """Export the encoders and the scorer to ONNX (with parity checks), build each platform's retrieval index,
+    and write a versioned bundle."""
+    from contract.indexes import IndexParams
     from export.onnx_text import ParityError
     from export.write_bundle import export_bundle
 
@@ -174,9 +178,13 @@ def export_cmd(
 
     try:
         # Progress and parity figures go to stderr: stdout carries only the bundle path, for scripts.
+        settings = get_settings()
+        # Index kind by catalog size: XREC_HNSW_THRESHOLD (and HNSW's XREC_HNSW_M, XREC_HNSW_EF_CONSTRUCTION).
+        index_params = IndexParams(settings.hnsw_threshold, settings.hnsw_m, settings.hnsw_ef_construction,
+                                   settings.hnsw_ef_search)
         with contextlib.redirect_stdout(sys.stderr):
-            path = export_bundle(checkpoint, out, version, salt=get_settings().id_salt.get_secret_value(),
-                                 measure_variants=measure_variants, log=err.print)
+            path = export_bundle(checkpoint, out, version, salt=settings.id_salt.get_secret_value(),
+                                 measure_variants=measure_variants, log=err.print, index_params=index_params)
     except ParityError as e:
         raise _fail(f"parity check failed, no bundle written: {e}") from None
     typer.echo(str(path))
@@ -247,6 +255,46 @@ def data_export_events(
     err.print(f"{result.duplicates:,} duplicate deliveries dropped; mapping snippet: {result.snippet}")
 
 
+@batch_app.command("score")
+def batch_score(
+    bundle: Annotated[Path, typer.Option(help="bundle folder")],
+    persons: Annotated[Path, typer.Option(help="Parquet or CSV: a person_id column, or account_id (+ account_platform, "
+                                              "default --platform)")],
+    platform: Annotated[str, typer.Option(help="the platform to recommend items of")],
+    out: Annotated[Path, typer.Option(help="folder for the Parquet parts (a rerun resumes, skipping written parts)")],
+    k: Annotated[int | None, typer.Option(min=1, help="items per person (default 20; --items: all)")] = None,
+    items: Annotated[Path | None, typer.Option(help="candidate list, one item id per line: score only these")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to run on (default: start a local Ray)")] = None,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="score in this process, one part after another")] = False,
+    workers: Annotated[int | None, typer.Option(min=1, help="actors, one CPU each (default: all CPUs of this machine "
+                                                          "or of the cluster)")] = None,
+    part_size: Annotated[int, typer.Option(min=1, help="persons per output part")] = 10_000,
+    now: Annotated[int | None, typer.Option(help="rank as at this epoch s (default: the job's first start)")] = None,
+    exclude_seen: Annotated[bool, typer.Option(help="leave out items the person has interacted with")] = True,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Campaign scoring: every person's top-k (or the --items, scored) with the service's ranking and reasons,
+    written as Parquet parts; on Ray Data (one model-holding actor per core) or --no-ray."""
+    from app.services.campaign import Campaign, CampaignError, load_items
+
+    if not (bundle / "manifest.json").is_file():
+        raise _fail(f"{bundle}: not a bundle folder (no manifest.json)")
+    if not no_ray:
+        try:
+            import ray  # noqa: F401
+        except ModuleNotFoundError:
+            raise _fail("ray is not installed: pip install -e '.[campaign]', or run with --no-ray") from None
+    try:
+        candidates = load_items(items) if items is not None else None
+        summary = Campaign(get_settings(), bundle, persons, platform, out,
+                           k=k if k is not None or candidates is not None else 20, items=candidates,
+                           exclude_seen=exclude_seen, now=now, part_size=part_size, use_ray=not no_ray,
+                           address=address, workers=workers, progress=progress, console=err).run()
+    except CampaignError as e:
+        raise _fail(str(e)) from None
+    err.print(summary.line(), highlight=False, soft_wrap=True)
+
+
 @app.command("serve")
 def serve(
     bundle: Annotated[Path | None, typer.Option(help="bundle folder to serve [env: XREC_BUNDLE_DIR]")] = None,
@@ -261,14 +309,19 @@ def serve(
 
     import uvicorn
 
+    from app.core.config import get_settings
+    from app.core.logs import uvicorn_log_config
+
     if bundle is not None:
         if not (bundle / "manifest.json").is_file():
             raise _fail(f"{bundle}: not a bundle folder (no manifest.json)")
         # Through the environment, so every worker process reads the same setting.
         os.environ["XREC_BUNDLE_DIR"] = str(bundle.resolve())
-    # No access log: it costs throughput, and the request details it would add are in /metrics.
+    # No access log: it costs throughput, and the request details it would add are in /metrics. uvicorn's
+    # own lines (startup, tracebacks) in the service's log format (JSON lines unless XREC_LOG_JSON=false).
     uvicorn.run("app.main:app", host=host, port=port, workers=workers, log_level=log_level,
-                access_log=False, http="xrec.http_protocol:NoDelayHTTPProtocol")
+                access_log=False, http="xrec.http_protocol:NoDelayHTTPProtocol",
+                log_config=uvicorn_log_config(get_settings().log_json))
 
 
 if __name__ == "__main__":

@@ -67,16 +67,41 @@ class Settings(BaseSettings):
     # ---- service: durability -----------------------------------------------------------------------------
     # Append-only JSONL of every acknowledged event (fsync'd before the ack) and of catalog changes.
     events_dir: Path = Path("var/events")
+    # A replay of the event log (startup, Redis recovery) says how far it is every this many seconds.
+    replay_progress_s: float = 5.0
+
+    # ---- service: logs -----------------------------------------------------------------------------------------
+    # The service's own log lines (loggers app.*, xrec.*): level, and JSON lines (else plain text).
+    log_level: str = "INFO"
+    log_json: bool = True
 
     # ---- service: API -----------------------------------------------------------------------------------------
-    # Accepted X-API-Key values (comma-separated in the env var). Write, batch and admin routes need one.
+    # Accepted X-API-Key values (comma-separated in the env var). Every /v1 route needs one (reads: see below).
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    # Also require a key on the read routes (/v1/recommend, /v1/rank).
-    read_auth: bool = False
+    # Require a key on the read routes (/v1/recommend, /v1/rank) too. Off: keyless reads are served, but
+    # their `reasons` name items of the requested platform only (a raw account id of one shop must not
+    # reveal what that person did on another); a read that sends a valid key gets every platform's.
+    read_auth: bool = True
     max_body_bytes: int = 1 << 20
     max_batch_body_bytes: int = 64 << 20
+    # A request body must arrive in full within this many seconds of the first read, else 408 and the
+    # connection is closed (0: no limit). 64 MB of batch body in 30 s needs ~2 MB/s.
+    body_timeout_s: float = 30.0
     batch_chunk: int = 256
     n_reasons: int = 3
+
+    # ---- service: micro-batching of uncached /v1/recommend requests (app/services/batching.py) -----------
+    # Requests that miss the ranked cache share one profile read, one user-encoder call, one FAISS search per
+    # platform and one scorer call. The worker takes whatever is waiting; it waits up to this window for
+    # more only while requests arrive closer together than the window (a lone request is never held).
+    # 0: never wait (requests still share a batch when they queue up behind a running one).
+    recommend_batch_window_ms: float = Field(default=1.0, ge=0.0, le=50.0)
+    recommend_batch_max: int = Field(default=64, ge=1)
+    # Requests waiting beyond this many are refused (503, Retry-After): an overload is not queued forever.
+    recommend_queue_max: int = Field(default=1024, ge=1)
+    # FAISS index files of a bundle are memory-mapped where FAISS can (flat vectors): pages are shared
+    # between worker processes and loading does not copy them. False: read into memory.
+    index_mmap: bool = True
 
     @field_validator("ort_providers", "api_keys", mode="before")
     @classmethod

@@ -2,27 +2,31 @@
 cache, and the response JSON. Ranking itself is delegated, so online and offline results agree.
 
 Warm path (`from_cache`): no I/O, no ONNX, no FAISS — a dict lookup and a join of pre-serialised JSON
-fragments, cheap enough to run on the event loop. Everything else (`compute`, `rank_items`,
-`batch_lines`) blocks and runs in the threadpool.
+fragments, cheap enough to run on the event loop. Uncached /v1/recommend requests (`compute_batched`) go to
+the micro-batcher's worker thread (app/services/batching.py), which computes the requests that arrive
+together as one batch (`compute_many`): at most one Redis round trip, one user-encoder call, one FAISS search
+per platform, one scorer call. `rank_items` and `batch_lines` block and run in the threadpool.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from app.core.config import Settings
 from app.core.metrics import Metrics
+from app.services.batching import MicroBatcher
 from app.services.cache import LRU, RankedCache, RankedEntry, RankedKey
 from app.services.catalog_ops import check_item_platform
 from app.services.errors import InputError
 from app.services.model_bundle import LoadedBundle
-from app.services.profiles import Profile, ProfileStore, merge_events
+from app.services.profiles import Fetched, Profile, ProfileStore, merge_events
 from app.services.ranking import (
     History,
     Query,
@@ -51,6 +55,8 @@ class Ask:
     exclude_ids: frozenset[str] = frozenset()
     context: tuple[tuple[str, str, int], ...] = ()  # (item_id, platform, ts), not stored
     now: float | None = None
+    # False for a keyless read (XREC_READ_AUTH=false): reasons name items of the target platform only.
+    all_reasons: bool = True
 
     @property
     def cacheable(self) -> bool:
@@ -66,6 +72,22 @@ class Answer:
     ranked: Ranked | None = None  # what ranking returned (tests compare it with a direct call)
 
 
+@dataclass
+class _Work:
+    """One request of a batch on its way through `compute_many`."""
+
+    ask: Ask
+    profile: Profile
+    history: History
+    user_vec: np.ndarray | None
+    exclude_rows: np.ndarray
+    now: float
+    n: int  # candidates to retrieve
+    cache_it: bool  # rank for the ranked cache (no request-specific exclusions), then answer from the entry
+    ranked: Ranked | None = None
+    answer: Answer | BaseException | None = None
+
+
 class Recommender:
     def __init__(self, settings: Settings, profiles: ProfileStore, cache: RankedCache, guard: RedisGuard,
                  metrics: Metrics) -> None:
@@ -79,6 +101,16 @@ class Recommender:
         self.cap = settings.profile_max_events
         self.batch_chunk = settings.batch_chunk
         self.embed_cache: LRU[tuple[str, int, str], np.ndarray] = LRU(settings.embed_cache_size)
+        self.batcher: MicroBatcher[tuple[LoadedBundle, Ask], Answer] = MicroBatcher(
+            self._compute_jobs, window_s=settings.recommend_batch_window_ms / 1000.0,
+            max_batch=settings.recommend_batch_max, max_queue=settings.recommend_queue_max,
+            after_batch=profiles.flush_stores, observe=self._observe_batch, name="xrec-recommend-batcher")
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    def stop(self) -> None:
+        self.batcher.stop()
 
     # ---- who ----------------------------------------------------------------------------------------------
 
@@ -112,7 +144,7 @@ class Recommender:
     # ---- /v1/recommend ---------------------------------------------------------------------------------
 
     def key(self, bundle: LoadedBundle, ask: Ask) -> RankedKey:
-        return (bundle.model_version, ask.person, ask.target, ask.exclude_seen)
+        return (bundle.model_version, ask.person, ask.target, ask.exclude_seen, ask.all_reasons)
 
     def from_cache(self, bundle: LoadedBundle, ask: Ask) -> Answer | None:
         """The warm path; None when the request must be computed."""
@@ -130,46 +162,154 @@ class Recommender:
         self.metrics.ranked_cache.inc(result=state)
         return Answer(frags, entry.cold_start, state)
 
+    async def compute_batched(self, bundle: LoadedBundle, ask: Ask) -> Answer:
+        """`compute` in the micro-batcher's worker, together with the requests that arrive with it. Raises
+        Overloaded when too many requests already wait."""
+        return await self.batcher.run((bundle, ask))
+
     def compute(self, bundle: LoadedBundle, ask: Ask) -> Answer:
-        """Profile → (popular | retrieve + re-rank) → fragments; fills the ranked cache when it may."""
+        """One request on its own (a batch of one); raises what failed it."""
+        (answer,) = self.compute_many(bundle, [ask])
+        self.profiles.flush_stores()
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def _compute_jobs(self, jobs: list[tuple[LoadedBundle, Ask]]) -> list[Answer | BaseException]:
+        """The batcher's work: requests of the same bundle together (a reload may be under way)."""
+        out: list[Answer | BaseException | None] = [None] * len(jobs)
+        by_bundle: dict[int, list[int]] = {}
+        for i, (bundle, _) in enumerate(jobs):
+            by_bundle.setdefault(id(bundle), []).append(i)
+        for idx in by_bundle.values():
+            answers = self.compute_many(jobs[idx[0]][0], [jobs[i][1] for i in idx])
+            for i, answer in zip(idx, answers, strict=True):
+                out[i] = answer
+        return [a for a in out if a is not None]
+
+    def _observe_batch(self, size: int, holds: list[float]) -> None:
+        self.metrics.recommend_batch.observe(size)
+        for h in holds:
+            self.metrics.recommend_hold.observe(h)
+
+    def compute_many(self, bundle: LoadedBundle, asks: Sequence[Ask]) -> list[Answer | BaseException]:
+        """Each request's answer, or the exception that failed it (the same answers as one request at a time).
+
+        Profile → (popular | retrieve + re-rank) → fragments, filling the ranked cache when it may. The
+        requests share one profile read (at most one Redis round trip), one user-encoder call, one FAISS
+        search per platform and one scorer call. A shared step that fails is redone request by request, so a
+        failure fails only the request it comes from. Profiles built from Redis events are written back at
+        the next `profiles.flush_stores()` (the batcher's, after the answers are out).
+        """
+        try:
+            return self._compute_together(bundle, asks)
+        except Exception as e:
+            if len(asks) == 1:
+                return [e]
+            return [self.compute_many(bundle, [ask])[0] for ask in asks]
+
+    def _compute_together(self, bundle: LoadedBundle, asks: Sequence[Ask]) -> list[Answer | BaseException]:
         since = self.cache.epoch()
-        catalog = bundle.catalog  # read once: one consistent table + index for the whole request
-        (profile,), degraded = self.profiles.get(bundle, [ask.person])
-        state = "degraded" if degraded else "miss"
-        self.metrics.ranked_cache.inc(result=state)
-        now = time.time() if ask.now is None else float(ask.now)
-        history, user_vec = self._history(bundle, catalog, profile, ask.context, ask.target)
-        exclude_rows = _live_rows(catalog, ask.exclude_ids)
-        models = bundle.models
-        n = max(models.retrieval_candidates, ask.k)
-        cache_it = ask.cacheable and n == models.retrieval_candidates
+        catalog = bundle.catalog  # read once: one consistent table + index for the whole batch
+        fetched = self.profiles.fetch(bundle, [a.person for a in asks])
+        state = "degraded" if fetched.degraded else "miss"
+        works = [self._prepare(bundle, catalog, ask, profile, since, state)
+                 for ask, profile in zip(asks, fetched.profiles, strict=True)]
+        self._user_vectors(bundle, catalog, fetched, [w for w in works if w.answer is None])
+        for _ in range(2):  # a request whose exclusions are among its cached candidates ranks once more
+            todo = [w for w in works if w.answer is None]
+            if not todo:
+                break
+            self._rank(bundle, catalog, todo)
+            for w in todo:
+                try:
+                    w.answer = self._finish(bundle, catalog, w, since, state)
+                except Exception as e:
+                    w.answer = e
+        answers = [w.answer for w in works]
+        self.metrics.ranked_cache.inc(sum(isinstance(a, Answer) for a in answers), result=state)
+        return [a if a is not None else RuntimeError("not answered") for a in answers]
 
-        if len(history) == 0:  # cold start with nothing to go on: the platform's popular items
-            depth = max(self.depth, ask.k + len(exclude_rows))
-            base = popular(catalog, ask.target, depth)
-            frags = self._fragments(bundle, catalog, history, base)
-            entry = RankedEntry(catalog.version, profile.seq, _ids(catalog, base.rows), tuple(frags),
-                                _NO_ROWS, True, len(base.rows) < depth)
-            if cache_it:
-                self.cache.put(self.key(bundle, ask), entry, since)
-            return Answer(_take(entry, ask.exclude_ids, ask.k) or [], True, state, base)
+    def _prepare(self, bundle: LoadedBundle, catalog: Catalog, ask: Ask, profile: Profile, since: int,
+                 state: str) -> _Work:
+        """History and user vector (when the profile has it); the popular items when there is no history."""
+        try:
+            now = time.time() if ask.now is None else float(ask.now)
+            history, user_vec = self._history(bundle, catalog, profile, ask.context, ask.target)
+            exclude_rows = _live_rows(catalog, ask.exclude_ids)
+            n = max(bundle.models.retrieval_candidates, ask.k)
+            w = _Work(ask, profile, history, user_vec, exclude_rows, now, n,
+                      ask.cacheable and n == bundle.models.retrieval_candidates)
+            if len(history) == 0:  # cold start with nothing to go on: the platform's popular items
+                depth = max(self.depth, ask.k + len(exclude_rows))
+                base = popular(catalog, ask.target, depth)
+                frags = self._fragments(bundle, catalog, history, base, ask)
+                entry = RankedEntry(catalog.version, profile.seq, _ids(catalog, base.rows), tuple(frags),
+                                    _NO_ROWS, True, len(base.rows) < depth)
+                if w.cache_it:
+                    self.cache.put(self.key(bundle, ask), entry, since)
+                w.answer = Answer(_take(entry, ask.exclude_ids, ask.k) or [], True, state, base)
+            return w
+        except Exception as e:
+            return _Work(ask, profile, History.of([], [], []), None, _NO_ROWS, 0.0, 0, False, e)
 
-        cold = not profile.known
-        uv = None if user_vec is None else user_vec[None]
-        if cache_it:
-            base = rank(models, catalog, [Query(history, ask.target, now, ask.exclude_seen)], uv, n)[0]
+    def _user_vectors(self, bundle: LoadedBundle, catalog: Catalog, fetched: Fetched, works: list[_Work]) -> None:
+        """One user-encoder call for every vector the batch lacks: the requests' (history, target), and
+        every platform's for profiles built from Redis events (they are stored with them)."""
+        n_platforms = len(bundle.platforms)
+        built = [(p, p.history(catalog)) for p in fetched.built]
+        built = [(p, h) for p, h in built if len(h)]
+        from_built = {p.person for p, _ in built}
+        need = [w for w in works if w.user_vec is None and (w.ask.context or w.profile.person not in from_built)]
+        histories = [h for _, h in built for _ in range(n_platforms)] + [w.history for w in need]
+        targets = list(range(n_platforms)) * len(built) + [w.ask.target for w in need]
+        if not histories:
+            return
+        u = user_vectors(bundle.models, catalog, histories, targets)
+        done: dict[str, Profile] = {}
+        for j, (p, _) in enumerate(built):
+            block = u[j * n_platforms:(j + 1) * n_platforms]
+            done[p.person] = replace(p, vecs={t: block[t].copy() for t in range(n_platforms)})
+        self.profiles.store_later(bundle, list(done.values()))
+        for w, v in zip(need, u[len(built) * n_platforms:], strict=True):
+            w.user_vec = v
+            if not w.ask.context:  # a vector of the profile's own history: keep it with the profile
+                w.profile.vecs.setdefault(w.ask.target, v)
+        for w in works:
+            if w.user_vec is None:
+                w.user_vec = done[w.profile.person].vecs[w.ask.target]
+
+    def _rank(self, bundle: LoadedBundle, catalog: Catalog, works: list[_Work]) -> None:
+        """`rank` for these requests: one call per candidate count (one call, unless a k is above it)."""
+        by_n: dict[int, list[_Work]] = {}
+        for w in works:
+            by_n.setdefault(w.n, []).append(w)
+        for n, group in by_n.items():
+            queries = [Query(w.history, w.ask.target, w.now, w.ask.exclude_seen,
+                             _NO_ROWS if w.cache_it else w.exclude_rows) for w in group]
+            users = np.stack([w.user_vec for w in group])  # type: ignore[misc]
+            for w, ranked in zip(group, rank(bundle.models, catalog, queries, users, n), strict=True):
+                w.ranked = ranked
+
+    def _finish(self, bundle: LoadedBundle, catalog: Catalog, w: _Work, since: int, state: str) -> Answer | None:
+        """The answer from the ranking, filling the ranked cache when it may. None when the request's own
+        exclusions are among the cached ranking's candidates: it is ranked again, with them."""
+        ask, history, ranked = w.ask, w.history, w.ranked
+        assert ranked is not None
+        cold = not w.profile.known
+        if w.cache_it:
             depth = max(self.depth, ask.k)
-            top = Ranked(base.rows[:depth], base.scores[:depth], base.candidates)
-            entry = RankedEntry(catalog.version, profile.seq, _ids(catalog, top.rows),
-                                tuple(self._fragments(bundle, catalog, history, top)),
-                                base.candidates, cold, len(base.rows) <= depth)
+            top = Ranked(ranked.rows[:depth], ranked.scores[:depth], ranked.candidates)
+            entry = RankedEntry(catalog.version, w.profile.seq, _ids(catalog, top.rows),
+                                tuple(self._fragments(bundle, catalog, history, top, ask)),
+                                ranked.candidates, cold, len(ranked.rows) <= depth)
             self.cache.put(self.key(bundle, ask), entry, since)
-            if not _among(exclude_rows, entry.candidate_rows):
-                return Answer(_take(entry, ask.exclude_ids, ask.k) or [], cold, state, base)
-        ranked = rank(models, catalog, [Query(history, ask.target, now, ask.exclude_seen, exclude_rows)],
-                      uv, n)[0]
+            if not _among(w.exclude_rows, entry.candidate_rows):
+                return Answer(_take(entry, ask.exclude_ids, ask.k) or [], cold, state, ranked)
+            w.cache_it = False
+            return None
         top = Ranked(ranked.rows[:ask.k], ranked.scores[:ask.k], ranked.candidates)
-        return Answer(self._fragments(bundle, catalog, history, top), cold, state, ranked)
+        return Answer(self._fragments(bundle, catalog, history, top, ask), cold, state, ranked)
 
     def render(self, bundle: LoadedBundle, answer: Answer, started: float) -> bytes:
         """The RecommendResponse JSON, assembled from cached fragments (no per-item serialisation)."""
@@ -188,27 +328,48 @@ class Recommender:
         history = History.from_ids(catalog, profile.item_ids, profile.platforms, profile.ts)
         return history, profile.vecs.get(target)
 
-    def _fragments(self, bundle: LoadedBundle, catalog: Catalog, history: History, ranked: Ranked
+    def _fragments(self, bundle: LoadedBundle, catalog: Catalog, history: History, ranked: Ranked, ask: Ask
                    ) -> list[bytes]:
-        reason_rows, reason_w = explain(catalog, history, catalog.vectors[ranked.rows], self.n_reasons,
-                                        bundle.models.max_history)
+        reason_rows, reason_w = self._explain(bundle, catalog, history, catalog.vectors[ranked.rows], ask.target,
+                                              ask.all_reasons)
+        # Each result's JSON from pieces made once per row (item id, title, platform: JSON-escaped once).
+        pieces = bundle.row_json
         platforms = bundle.platforms
+
+        def piece(row: int, kind: str) -> bytes:
+            got = pieces.get((row, kind))
+            if got is None:
+                d = ({"item_id": catalog.item_ids[row], "title": catalog.titles[row]} if kind == "result" else
+                     {"item_id": catalog.item_ids[row], "platform": platforms[int(catalog.platform[row])]})
+                got = pieces[(row, kind)] = (json.dumps(d, ensure_ascii=False, separators=(",", ":"))[:-1]
+                                             + (',"score":' if kind == "result" else ',"weight":')).encode()
+            return got
+
         out = []
-        for i, row in enumerate(ranked.rows.tolist()):
-            reasons = [{"item_id": catalog.item_ids[r], "platform": platforms[int(catalog.platform[r])],
-                        "weight": round(float(w), 6)}
-                       for r, w in zip(reason_rows[i].tolist(), reason_w[i].tolist(), strict=True) if r >= 0]
-            out.append(json.dumps({"item_id": catalog.item_ids[row], "title": catalog.titles[row],
-                                   "score": float(ranked.scores[i]), "reasons": reasons},
-                                  ensure_ascii=False, separators=(",", ":")).encode())
+        for i, (row, score) in enumerate(zip(ranked.rows.tolist(), ranked.scores.tolist(), strict=True)):
+            reasons = b",".join(piece(r, "reason") + _num(round(w, 6)) + b"}"
+                                for r, w in zip(reason_rows[i].tolist(), reason_w[i].tolist(), strict=True) if r >= 0)
+            out.append(piece(row, "result") + _num(score) + b',"reasons":[' + reasons + b"]}")
         return out
+
+    def _explain(self, bundle: LoadedBundle, catalog: Catalog, history: History, result_vecs: np.ndarray,
+                 target: int, all_reasons: bool) -> tuple[np.ndarray, np.ndarray]:
+        """`explain` over the history the user encoder saw; for a keyless read only that history's items
+        of the target platform can be reasons (the ranking itself still uses every platform)."""
+        max_history = bundle.models.max_history
+        if not all_reasons:
+            rows = history.rows[-max_history:]
+            own = catalog.platform[rows] == target
+            history = History(rows[own], history.platforms[-max_history:][own], history.ts[-max_history:][own])
+        return explain(catalog, history, result_vecs, self.n_reasons, max_history)
 
     # ---- /v1/rank ------------------------------------------------------------------------------------------
 
     def rank_items(self, bundle: LoadedBundle, person: str, target: int,
                    items: Sequence[tuple[str, str | None, str | None]],
-                   context: Sequence[tuple[str, str, int]], now: float | None) -> dict:
-        """Score given items (catalog items by id, or any text) for a person, best first."""
+                   context: Sequence[tuple[str, str, int]], now: float | None, all_reasons: bool = True) -> dict:
+        """Score given items (catalog items by id, or any text) for a person, best first; `all_reasons`
+        False: reasons from the target platform's history only (a keyless read)."""
         catalog = bundle.catalog
         (profile,), degraded = self.profiles.get(bundle, [person])
         history, user_vec = self._history(bundle, catalog, profile, context, target)
@@ -218,7 +379,7 @@ class Recommender:
         q = Query(history, target, time.time() if now is None else float(now))
         scores = score_items(bundle.models, catalog, [q], user_vec[None], vecs, rows)[0]
         order = np.argsort(-scores, kind="stable")
-        r_rows, r_w = explain(catalog, history, vecs[order], self.n_reasons, bundle.models.max_history)
+        r_rows, r_w = self._explain(bundle, catalog, history, vecs[order], target, all_reasons)
         out = []
         for j, i in enumerate(order.tolist()):
             reasons = [{"item_id": catalog.item_ids[r], "platform": bundle.platforms[int(catalog.platform[r])],
@@ -332,7 +493,12 @@ def _live_rows(catalog: Catalog, item_ids: frozenset[str]) -> np.ndarray:
 
 def _among(rows: np.ndarray, candidate_rows: np.ndarray) -> bool:
     """Whether any of these catalog rows is one of an entry's candidates."""
-    return bool(np.isin(rows, candidate_rows).any())
+    return bool(len(rows)) and bool(np.isin(rows, candidate_rows).any())
+
+
+def _num(x: float) -> bytes:
+    """A float as json.dumps writes it."""
+    return float.__repr__(x).encode() if math.isfinite(x) else json.dumps(x).encode()
 
 
 def _take(entry: RankedEntry, exclude: frozenset[str], k: int) -> list[bytes] | None:

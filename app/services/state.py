@@ -47,6 +47,9 @@ class ServiceState:
         self.bus = Bus(settings.redis_url, self.keys, self.guard, settings.redis_connect_timeout_s)
         self.bus.handlers = {"person": self._on_person_message, "catalog": self._on_catalog_message}
         self.bus.on_reconnect = self._resync
+        # Who has events since the bundle: loaded once the bus listens, distrusted while it does not.
+        self.bus.on_subscribed = self.profiles.sync_evented
+        self.bus.on_lost = self.profiles.evented.distrust
         self.guard.on_recover.append(self._resync)
         self.bundle: LoadedBundle | None = None
         self.load_error: str | None = None
@@ -57,6 +60,9 @@ class ServiceState:
     # ---- lifecycle ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        with contextlib.suppress(RedisUnavailable):
+            self.guard.load_scripts()
+        self.recommender.start()
         self.bus.start()
         if self.settings.bundle_dir is not None:
             try:
@@ -67,6 +73,7 @@ class ServiceState:
                 log.error("bundle not loaded: %s", e)
 
     def stop(self) -> None:
+        self.recommender.stop()
         self.bus.stop()
         self.redis.close()
 
@@ -149,6 +156,7 @@ class ServiceState:
         if bundle is None or not self._replay_lock.acquire(blocking=False):
             return 0
         applied = 0
+        started = last_said = time.monotonic()
         try:
             # Older files than the idempotency window would come back as new events: skip them.
             oldest = time.time() - self.settings.event_ttl_s
@@ -160,6 +168,11 @@ class ServiceState:
                 lines, end = read_lines(path, offset)
                 events = parse_events(lines, path)
                 for i in range(0, len(events), REPLAY_BATCH):
+                    if time.monotonic() - last_said >= self.settings.replay_progress_s:
+                        last_said = time.monotonic()
+                        # A long replay (Redis came back empty, a large log) says how far it is.
+                        log.info("event log replay: %s: %d of %d events read, %d new so far (%.1fs)", path.name, i,
+                                 len(events), applied, last_said - started)
                     batch = events[i:i + REPLAY_BATCH]
                     new = self.profiles.append_events(batch)
                     persons = list(dict.fromkeys(e.person for e in new))
@@ -175,7 +188,7 @@ class ServiceState:
         finally:
             self._replay_lock.release()
         if applied:
-            log.info("replayed %d events from the event log into Redis", applied)
+            log.info("replayed %d events from the event log into Redis (%.1fs)", applied, time.monotonic() - started)
         return applied
 
     # ---- catalog --------------------------------------------------------------------------------------------
@@ -202,10 +215,12 @@ class ServiceState:
     # ---- messages from other replicas, recovery ---------------------------------------------------------
 
     def _on_person_message(self, message: dict) -> None:
+        persons = message.get("p", [])
+        self.profiles.evented.add(persons)  # before the invalidation: a request after it asks Redis
         bundle = self.bundle
         if bundle is None:
             return
-        for p in message.get("p", []):
+        for p in persons:
             self.ranked.invalidate_person(bundle.model_version, p, len(bundle.platforms))
             self.profiles.local.pop((bundle.model_version, p))
 

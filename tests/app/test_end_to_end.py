@@ -8,11 +8,9 @@ import csv
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
-from app.main import create_app
 from export.write_bundle import export_bundle
-from tests.app.conftest import AUTH, make_settings
+from tests.app.conftest import AUTH, make_settings, running
 from training.checkpoint import load_checkpoint
 from training.data.build import build_dataset
 from training.data.demo import write_demo
@@ -49,7 +47,7 @@ def test_service_top10_equals_the_offline_ranking(pipeline, redis_prefix, tmp_pa
     sizes = [len(p.candidates.rows) for p in ranker.prepare(queries, keep_retrieval=False)]
     assert max(sizes) > 10, sizes
     settings = make_settings(bundle, redis_prefix, tmp_path / "events", id_salt=SALT)
-    with TestClient(create_app(settings)) as client:
+    with running(settings) as client:
         for q, scores in zip(queries, offline, strict=True):
             r = client.post("/v1/recommend", json={"person_id": ds.timelines.persons[q.person],
                                                    "platform": ds.platforms[q.platform], "k": 10, "now_ts": q.now})
@@ -63,7 +61,7 @@ def test_events_change_the_next_recommendation(pipeline, redis_prefix, tmp_path)
         row = next(csv.DictReader(f))
     platform, account = row["platform"], row["account_id"]
     settings = make_settings(bundle, redis_prefix, tmp_path / "events", id_salt=SALT)
-    with TestClient(create_app(settings)) as client:
+    with running(settings) as client:
         body = {"account_id": account, "platform": platform, "k": 10}
         before = client.post("/v1/recommend", json=body).json()
         assert not before["cold_start"]
@@ -88,7 +86,7 @@ def test_a_new_item_ranks_where_the_offline_text_only_ranking_puts_it(pipeline, 
     cfg = load_checkpoint(ckpt).cfg
     queries = [q for q in make_queries(ds, "test") if len(q.items)][:6]
     settings = make_settings(bundle, redis_prefix, tmp_path / "events", id_salt=SALT)
-    with TestClient(create_app(settings)) as client:
+    with running(settings) as client:
         for n, q in enumerate(queries):
             platform = ds.platforms[q.platform]
             case = new_item_case(ranker, q, int(ds.platform_items(q.platform)[(7 * n) % 40]), f"{platform}:new-{n}",

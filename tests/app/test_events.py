@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import tomllib
 from pathlib import Path
 
@@ -83,12 +84,20 @@ def test_a_new_account_becomes_a_known_person_after_events(client: TestClient) -
 
 def test_profile_is_cached_in_redis_under_the_model_version(client: TestClient, settings: Settings,
                                                             redis_client: redis.Redis) -> None:
+    """A person with events has a profile (history + user vectors) in Redis under the model version, built
+    when the events came; a person without any is served from the bundle snapshot and stores nothing."""
+    state = client.app.state.xrec
+    deadline = time.monotonic() + 5
+    while not state.profiles.evented.trusted and time.monotonic() < deadline:
+        time.sleep(0.02)
     pid = person_id("erin")
     key = f"{settings.redis_prefix}:tiny-0:profile:{pid}"
-    assert not redis_client.exists(key)
     recommend(client, "erin")
+    assert not redis_client.exists(key), "nothing to cache that the bundle does not already hold"
+    send(client, event("ev-e1", PEOPLE["erin"]["kitchen"], "kitchen:k0002"))
     assert redis_client.exists(key) and redis_client.ttl(key) > 0
-    loads = client.app.state.xrec.metrics.profile_source
+    assert int(redis_client.hget(key, "seq")) == 1
+    loads = state.metrics.profile_source
     before = loads.value(source="redis")
     client.post("/v1/recommend", json={"person_id": pid, "platform": "grocery", "now_ts": TS})
     assert loads.value(source="redis") == before + 1
@@ -129,7 +138,8 @@ def test_raw_account_ids_stay_out_of_logs_and_redis(settings: Settings, redis_cl
         kind = redis_client.type(key)
         blob = (repr(redis_client.lrange(key, 0, -1)) if kind == b"list" else
                 repr(redis_client.xrange(key)) if kind == b"stream" else
-                repr(redis_client.hgetall(key)) if kind == b"hash" else repr(redis_client.get(key)))
+                repr(redis_client.hgetall(key)) if kind == b"hash" else
+                repr(redis_client.smembers(key)) if kind == b"set" else repr(redis_client.get(key)))
         assert secret not in blob
     # The durable log keeps it, on purpose (export needs it), in files only the service user may read.
     (log_file,) = Path(settings.events_dir).glob("events-*.jsonl")

@@ -10,12 +10,13 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Scope
 
 from app.api.deps import BundleDep, StateDep, WriteAuth
+from app.api.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
 from app.api.middleware import STREAM_FAILED
 from app.schemas import BatchError, BatchScoreRequest, ErrorItem
 from app.services.errors import InputError
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["batch"], dependencies=[WriteAuth])
+router = APIRouter(tags=["batch"], dependencies=[WriteAuth], responses=error_responses(*AUTH_ERRORS, *BODY_ERRORS, 503))
 
 NDJSON = "application/x-ndjson"
 

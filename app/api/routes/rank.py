@@ -6,22 +6,23 @@ import time
 
 from fastapi import APIRouter
 
-from app.api.deps import BundleDep, ReadAuth, StateDep
+from app.api.deps import AllPlatformReasons, BundleDep, ReadAuth, StateDep
+from app.api.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
 from app.schemas import RankRequest, RankResponse
 from app.services.errors import InputError
 from app.services.model_bundle import LoadedBundle
 
-router = APIRouter(tags=["rank"], dependencies=[ReadAuth])
+router = APIRouter(tags=["rank"], dependencies=[ReadAuth], responses=error_responses(*AUTH_ERRORS, *BODY_ERRORS, 503))
 
 
 @router.post("/v1/rank", response_model=RankResponse)
-def rank_items(body: RankRequest, bundle: BundleDep, state: StateDep) -> RankResponse:
+def rank_items(body: RankRequest, bundle: BundleDep, state: StateDep, all_reasons: AllPlatformReasons) -> RankResponse:
     started = time.perf_counter()
     rec = state.recommender
     target, person = rec.resolve_request(bundle, body)
     _check_catalog_items(bundle, body)
     out = rec.rank_items(bundle, person, target, [(i.item_id, i.title, i.platform) for i in body.items],
-                         [(e.item_id, e.platform, e.ts) for e in body.context_events], body.now_ts)
+                         [(e.item_id, e.platform, e.ts) for e in body.context_events], body.now_ts, all_reasons)
     return RankResponse(**out, took_ms=round((time.perf_counter() - started) * 1000, 3))
 
 

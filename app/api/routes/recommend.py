@@ -5,28 +5,35 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Response
-from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import BundleDep, ReadAuth, StateDep
+from app.api.deps import AllPlatformReasons, BundleDep, ReadAuth, StateDep
+from app.api.errors import AUTH_ERRORS, BODY_ERRORS, ApiError, error_responses
 from app.schemas import RecommendRequest, RecommendResponse
+from app.services.errors import Overloaded
 from app.services.recommender import Ask
 
-router = APIRouter(tags=["recommend"], dependencies=[ReadAuth])
+router = APIRouter(tags=["recommend"], dependencies=[ReadAuth],
+                   responses=error_responses(*AUTH_ERRORS, *BODY_ERRORS, 503))
 
 
 @router.post("/v1/recommend", response_model=RecommendResponse)
-async def recommend(body: RecommendRequest, bundle: BundleDep, state: StateDep) -> Response:
+async def recommend(body: RecommendRequest, bundle: BundleDep, state: StateDep, all_reasons: AllPlatformReasons
+                    ) -> Response:
     """A person's history (all platforms) → the target platform's best items, with the history items
     behind each. Unknown persons: their context events, else the platform's popular items (`cold_start`).
 
     `async` on purpose: a warm request (ranked list cached for this person) is answered right here on the
-    event loop; only a cold one goes to the threadpool for Redis, ONNX and FAISS.
+    event loop; only a cold one goes to the micro-batcher's worker thread for Redis, ONNX and FAISS, computed
+    together with the cold requests that arrive with it (503 when too many already wait).
     """
     started = time.perf_counter()
     rec = state.recommender
     target, person = rec.resolve_request(bundle, body)
     ask = Ask(person, target, body.k, body.exclude_seen, frozenset(body.exclude_items),
-              tuple((e.item_id, e.platform, e.ts) for e in body.context_events), body.now_ts)
-    answer = rec.from_cache(bundle, ask) or await run_in_threadpool(rec.compute, bundle, ask)
+              tuple((e.item_id, e.platform, e.ts) for e in body.context_events), body.now_ts, all_reasons)
+    try:
+        answer = rec.from_cache(bundle, ask) or await rec.compute_batched(bundle, ask)
+    except Overloaded as e:
+        raise ApiError(503, f"overloaded: {e}", type_="overloaded", headers={"Retry-After": "1"}) from None
     # Pre-serialised fragments: the body is RecommendResponse, built without per-item model validation.
     return Response(rec.render(bundle, answer, started), media_type="application/json")
