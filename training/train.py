@@ -4,7 +4,7 @@ The loop:
   1. item texts → frozen MiniLM vectors (disk-cached) — or, in `top-k`/`lora` mode, MiniLM in the loop;
   2. each person's last event is held out when they use several platforms: those become the scorer's
      training queries, so the scorer learns on candidates the two-tower never trained on; a part of them
-     (`choice_holdout`) joins valid for the choices below, since a valid split alone is often small;
+     (`choice_min`) tops a small valid split up for the choices below: a few hundred targets are too noisy;
   3. two-tower epochs: softmax over the target platform's whole catalog (or sampled negatives with a logQ
      correction), learnable temperature, AdamW; NDCG@10 on the choice queries after each epoch, best kept;
   4. the neighbour table (co-occurrence or EASE) and its recency decay, best on the choice queries;
@@ -68,10 +68,11 @@ class TrainConfig(BaseModel):
     scorer_lr: float = 1e-2
     scorer_batch: int = 32
     scorer_extra_holdout: int = 10000  # also hold out the last event of this many single-platform people
-    # Held-out last events that join valid for every choice made on valid (early stopping, the neighbour table,
-    # the scorer's start and epochs): a valid split of a few hundred targets is too noisy to choose on alone.
-    # They come from the scorer's held-out events, so it does not train on them. 0: valid alone.
-    choice_holdout: int = 2000
+    # A valid split smaller than this is topped up with held-out last events of people active on several
+    # platforms (like valid's people; the scorer then does not train on them) for every choice made on valid:
+    # early stopping, the neighbour table, the scorer's start and epochs. A few hundred targets are too noisy to
+    # choose on; larger valid splits are used alone, since held-out events come from before the cut-off.
+    choice_min: int = 500
     candidates: int = 100  # retrieval's top N for the scorer to re-rank
     knn_candidates: int = 0  # + the N best item-KNN items retrieval missed (unseen, same platform)
     knn_decays: list[float] = [1.0, 0.8, 0.5]  # recency decays of the neighbour table, chosen on valid
@@ -390,7 +391,7 @@ def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: 
             best_state = {k: t.detach().clone() for k, t in scorer.state_dict().items()}
         else:
             bad += 1
-            if bad >= 3:
+            if bad >= 3 and epoch + 1 >= min(cfg.scorer_epochs, 5):  # a start other than retrieval may dip first
                 break
     if best_state is None:
         console.print(f"[yellow]scorer training did not beat its start on valid: it ranks as {start}[/]")
@@ -460,9 +461,11 @@ def train(cfg: TrainConfig, console: Console | None = None,
                   f"{len(held):,} held out for the scorer; mode {model_cfg.mode}, history {cfg.history}")
     scorer_q = scorer_queries(tl, held, cfg.history) if len(held) else []
     order = np.random.default_rng(cfg.seed).permutation(len(scorer_q))
-    n_check = min(cfg.choice_holdout, len(scorer_q) // 5)
-    check_q = [scorer_q[i] for i in np.sort(order[:n_check])]
-    train_q = [scorer_q[i] for i in np.sort(order[n_check:])]
+    multi = [i for i in order if len(np.unique(scorer_q[i].platforms)) > 1]  # several platforms in the history
+    n_check = min(max(cfg.choice_min - len(valid), 0), len(multi) // 5)
+    check = set(multi[:n_check])
+    check_q = [q for i, q in enumerate(scorer_q) if i in check]
+    train_q = [q for i, q in enumerate(scorer_q) if i not in check]
     choice = valid + check_q
     console.print(f"choices on {len(valid):,} valid targets + {len(check_q):,} held-out last events")
     log = {"config": json.loads(cfg.model_dump_json()), "choice_queries": {"valid": len(valid), "held_out": n_check},
