@@ -120,3 +120,28 @@ def private_redis(port: int) -> Iterator[subprocess.Popen]:
     finally:
         proc.terminate()
         proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[int]:
+    """The app under uvicorn (httptools, as `xrec serve` runs it) in a thread on a free loopback port;
+    yields the port."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+                                           http="httptools"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+            time.sleep(0.05)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -8,20 +8,16 @@ import contextlib
 import json
 import logging
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from app.core.config import Settings
-from app.main import create_app
 from app.services.event_log import LoggedEvent
 from app.services.state import REPLAY_BATCH, ServiceState
-from tests.app.conftest import AUTH, free_port, make_settings, running
+from tests.app.conftest import AUTH, make_settings, running, serving
 from tests.fixtures.tiny_bundle import person_id
 
 TS = 1_760_000_000
@@ -98,25 +94,6 @@ def test_a_long_replay_says_how_far_it_is(settings: Settings, redis_client, capl
 
 
 # ---- the body read timeout, on a real server ----------------------------------------------------------
-
-
-@contextlib.contextmanager
-def serving(settings: Settings) -> Iterator[int]:
-    """The app under uvicorn (httptools, as `xrec serve` runs it) in a thread; yields its port."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                                           http="httptools"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-            time.sleep(0.05)
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _request(port: int, body: bytes, length: int, wait_s: float) -> tuple[bytes, float, bool]:

@@ -5,21 +5,15 @@ saved (XREC_UI_SCREENSHOT=docs/ui.png also writes it there)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
-from app.main import create_app
-from tests.app.conftest import API_KEY, free_port, keyless, make_settings, running
+from tests.app.conftest import API_KEY, keyless, make_settings, running, serving
 from tests.fixtures.tiny_bundle import PEOPLE, person_id
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -72,30 +66,13 @@ def test_keyless_history_reads_see_one_platform(bundle_dir: Path, redis_prefix: 
         assert r.status_code == 401 and "keyless history read" in r.json()["detail"][0]["msg"]
 
 
-@contextlib.contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """The app under uvicorn on a free loopback port, in a thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def test_ui_in_headless_chromium(settings: Settings, tmp_path: Path) -> None:
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium (.ci/run does)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'")
     shot = tmp_path / "ui.png"
-    with serving(settings) as base, sync_api.sync_playwright() as pw:
+    with serving(settings) as port, sync_api.sync_playwright() as pw:
+        base = f"http://127.0.0.1:{port}"
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})

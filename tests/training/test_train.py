@@ -1,27 +1,15 @@
 """Training on tiny data: leakage rules, loss going down, each fine-tuning mode running a step."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from training.data.build import build_dataset
-from training.data.demo import write_demo
-from training.data.sources import load_sources
 from training.evaluate import make_queries
 from training.model import ModelConfig
 from training.sequences import load_dataset
 from training.train import TrainConfig, holdout_last_events, target_only, train
 from training.windows import batches, make_windows
-
-
-@pytest.fixture(scope="module")
-def demo_ds(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    mapping = write_demo(root / "raw", people=300, items_per_platform=40, seed=1)
-    build_dataset(load_sources(mapping), root / "ds", salt="t")
-    return root / "ds"
 
 
 def test_windows_make_every_event_but_the_first_a_target_once_with_only_earlier_history(demo_ds):

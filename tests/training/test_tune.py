@@ -5,22 +5,10 @@ import tomllib
 from pathlib import Path
 
 import optuna
-import pytest
 
-from training.data.build import build_dataset
-from training.data.demo import write_demo
-from training.data.sources import load_sources
 from training.model import ModelConfig
 from training.train import TrainConfig, train
 from training.tune import profile_params, tune
-
-
-@pytest.fixture(scope="module")
-def demo_ds(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    mapping = write_demo(root / "raw", people=300, items_per_platform=40, seed=1)
-    build_dataset(load_sources(mapping), root / "ds", salt="t")
-    return root / "ds"
 
 
 def _base(demo_ds: Path, tmp_path: Path, tiny_text_model: Path) -> TrainConfig:
