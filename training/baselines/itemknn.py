@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from contract.features import knn_scores
-from training.baselines.popularity import popularity_tiebreak
+from training.baselines.popularity import popularity_tiebreak, score_per_query
 from training.evaluate import Query
 from training.sequences import Dataset, Timelines
 
@@ -62,9 +62,5 @@ class ItemKNN:
         return self
 
     def score(self, queries: Sequence[Query]) -> list[np.ndarray]:
-        out = []
-        for q in queries:
-            cand = self.ds.platform_items(q.platform)
-            s = knn_scores(q.items, cand, self.index, self.weight, self.max_history, self.decay)
-            out.append(s + self.tiebreak[cand])
-        return out
+        return score_per_query(self.ds, queries, self.tiebreak, lambda q, cand: knn_scores(
+            q.items, cand, self.index, self.weight, self.max_history, self.decay))

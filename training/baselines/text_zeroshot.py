@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from training.baselines.popularity import popularity_tiebreak
+from training.baselines.popularity import popularity_tiebreak, score_per_query
 from training.evaluate import Query
 from training.sequences import Dataset
 
@@ -23,13 +23,8 @@ class TextZeroShot:
         return self
 
     def score(self, queries: Sequence[Query]) -> list[np.ndarray]:
-        out = []
-        for q in queries:
-            cand = self.ds.platform_items(q.platform)
+        def text_match(q: Query, cand: np.ndarray) -> np.ndarray | None:
             hist = q.items[-self.max_history:]
-            if len(hist) == 0:
-                out.append(self.tiebreak[cand].copy())
-                continue
-            u = self.vectors[hist].mean(axis=0)
-            out.append(self.vectors[cand] @ u + self.tiebreak[cand])
-        return out
+            return self.vectors[cand] @ self.vectors[hist].mean(axis=0) if len(hist) else None
+
+        return score_per_query(self.ds, queries, self.tiebreak, text_match)
