@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    model_validator,
+)
+
+from app.core.config import VARIANT_NAME
 
 # Pseudonymous person ids as the bundle writes them ("p_" + keyed hash).
 PERSON_ID = r"^p_[A-Za-z0-9_-]{1,64}$"
@@ -36,6 +47,75 @@ TopK = Annotated[int, Field(ge=1, le=200), WholeNumber]
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+# ---- business rules: item attributes, filters, diversity -------------------------------------------------
+
+AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# Attribute numbers (prices, ratings, …) are bounded like every other number a request carries.
+AttributeNumber = Annotated[float, Field(ge=-1e15, le=1e15)]
+AttributeValue = Annotated[
+    Annotated[Annotated[str, Field(max_length=256)], Tag("string")] | Annotated[AttributeNumber, Tag("number")],
+    Discriminator(lambda v: "string" if isinstance(v, str) else "number"),
+]
+
+
+class NumberRange(_Body):
+    """Numbers from `min` to `max`, both included; either may be left out (open). Matches items whose
+    attribute is a number in the range (a range with min above max matches nothing)."""
+
+    min: AttributeNumber | None = None
+    max: AttributeNumber | None = None
+
+
+def _condition_kind(v: object) -> str | None:
+    return "values" if isinstance(v, list) else "range" if isinstance(v, dict | NumberRange) else None
+
+
+Condition = Annotated[
+    Annotated[Annotated[list[AttributeValue], Field(min_length=1, max_length=100)], Tag("values")]
+    | Annotated[NumberRange, Tag("range")],
+    Discriminator(_condition_kind, custom_error_type="condition_type",
+                  custom_error_message="a condition is a list of values or a {\"min\", \"max\"} range"),
+]
+_CONDITIONS = ("attribute name → a list of values (the item's value is one of them: strings exactly, numbers "
+               "numerically) or a {min, max} numeric range. An item without the attribute, or an attribute name "
+               "no item has, matches nothing")
+
+
+class Filters(_Body):
+    """Which catalog items may be returned, by their attributes (`PUT /v1/items` `attributes`, or the bundle's
+    items.parquet `attributes` column). Unavailable items (`available: false`) are never returned, filters or
+    not. Items given to /v1/rank by text alone (not in the catalog) are not filtered."""
+
+    include: dict[AttributeName, Condition] = Field(
+        default_factory=dict, max_length=16,
+        description=f"every condition must hold (and within a list, any value): {_CONDITIONS}",
+        examples=[{"category": ["pans", "knives"], "price": {"min": 5, "max": 50}}])
+    exclude: dict[AttributeName, Condition] = Field(
+        default_factory=dict, max_length=16,
+        description=f"an item matching any of these is left out: {_CONDITIONS}", examples=[{"brand": ["acme"]}])
+
+
+class Diversity(_Body):
+    """Rules on the answer as a whole."""
+
+    max_per_value: dict[AttributeName, Annotated[int, Field(ge=1, le=200), WholeNumber]] = Field(
+        default_factory=dict, max_length=4,
+        description="attribute name → at most this many results per value of it (e.g. {\"category\": 2}); "
+                    "the ranked list is walked from the top, an item over a cap skipped for the next. Items "
+                    "without the attribute are not capped. /v1/rank and batch `items`: items over a cap are "
+                    "left out", examples=[{"category": 2}])
+    exclude_bought_days: Annotated[int, Field(ge=1, le=3650), WholeNumber] | None = Field(
+        default=None, description="leave out items the person had a `bought_event` event for in the last this "
+                                  "many days (before `now_ts`), of the history the service keeps")
+    bought_event: str | None = Field(default=None, min_length=1, max_length=64,
+                                     description="the event type that means bought; default XREC_PURCHASE_EVENT "
+                                                 "(`purchase`)")
+
+
+FILTERS_DOC = "business rules: only items matching these attribute filters (and available ones)"
+DIVERSITY_DOC = "business rules: per-value caps on the answer, no recently bought items"
 
 
 def _exactly_one_person(schema: dict[str, Any]) -> None:
@@ -88,6 +168,8 @@ class RecommendRequest(PersonRef):
     now_ts: EpochSeconds | None = Field(default=None,
                                         description="evaluate as of this time (epoch s; replays and tests); "
                                                     "default: now. Such requests bypass the cache")
+    filters: Filters | None = Field(default=None, description=FILTERS_DOC + " (such requests bypass the cache)")
+    diversity: Diversity | None = Field(default=None, description=DIVERSITY_DOC + " (such requests bypass the cache)")
 
 
 class Reason(BaseModel):
@@ -106,6 +188,7 @@ class RecommendedItem(BaseModel):
 class RecommendResponse(BaseModel):
     items: list[RecommendedItem]
     model_version: str
+    variant: str = Field(description="the A/B variant (bundle) that answered: `default` without XREC_VARIANTS")
     cache: Literal["hit", "miss", "degraded"]
     cold_start: bool
     took_ms: float
@@ -120,6 +203,9 @@ class EventIn(_Body):
                                      "(counted in `unknown_items`)")
     event: str = Field(default="interaction", min_length=1, max_length=64)
     ts: EpochSeconds
+    variant: str | None = Field(default=None, pattern=VARIANT_NAME,
+                                description="the A/B variant whose recommendation this event answers (the "
+                                            "response's `variant`); kept in the event log for `xrec report ab`")
 
 
 class EventsRequest(_Body):
@@ -141,6 +227,14 @@ class ItemIn(_Body):
                          description="namespaced '<platform>:<id>': starts with this item's `platform` and ':'")
     platform: str = Field(min_length=1, max_length=64)
     title: str = Field(min_length=1, max_length=4000)
+    attributes: dict[AttributeName, AttributeValue] | None = Field(
+        default=None, max_length=32,
+        description="business attributes for filters and diversity (string or number values), e.g. "
+                    "{\"category\": \"pans\", \"brand\": \"acme\", \"price\": 24.5}; they replace the item's; "
+                    "left out: the item keeps its current ones", examples=[{"category": "pans", "price": 24.5}])
+    available: bool | None = Field(default=None,
+                                   description="false: never recommended nor ranked (it stays in histories); "
+                                               "left out: unchanged (a new item is available)")
 
     @model_validator(mode="after")
     def _namespaced(self) -> ItemIn:
@@ -178,6 +272,8 @@ class RankRequest(PersonRef):
     items: list[RankItem] = Field(min_length=1, max_length=1000)
     context_events: list[ContextEvent] = Field(default_factory=list, max_length=200)
     now_ts: EpochSeconds | None = None
+    filters: Filters | None = Field(default=None, description=FILTERS_DOC + "; the others are left out")
+    diversity: Diversity | None = Field(default=None, description=DIVERSITY_DOC)
 
 
 class RankedItem(BaseModel):
@@ -188,7 +284,11 @@ class RankedItem(BaseModel):
 
 class RankResponse(BaseModel):
     items: list[RankedItem]
+    filtered_out: list[str] = Field(default_factory=list,
+                                    description="given catalog items left out: unavailable, not matching the "
+                                                "filters, bought recently, or over a diversity cap")
     model_version: str
+    variant: str = Field(description="the A/B variant (bundle) that answered")
     cold_start: bool
     degraded: bool
     took_ms: float
@@ -218,6 +318,8 @@ class BatchScoreRequest(_Body):
     k: TopK | None = Field(default=None, description="…recommend the top k to each")
     exclude_seen: bool = True
     now_ts: EpochSeconds | None = None
+    filters: Filters | None = Field(default=None, description=FILTERS_DOC)
+    diversity: Diversity | None = Field(default=None, description=DIVERSITY_DOC)
 
     @model_validator(mode="after")
     def _items_or_k(self) -> BatchScoreRequest:
@@ -238,6 +340,7 @@ class BatchRow(BaseModel):
     person_id: str
     items: list[BatchScore]
     cold_start: bool
+    variant: str | None = Field(default=None, description="the A/B variant (bundle) that scored this person")
 
 
 class BatchSummary(BaseModel):
@@ -246,6 +349,7 @@ class BatchSummary(BaseModel):
     done: Literal[True] = True
     rows: int
     model_version: str
+    variants: dict[str, str] = Field(default_factory=dict, description="variant → its model version")
     degraded: bool
     took_ms: float
 
@@ -257,7 +361,8 @@ class ErrorItem(BaseModel):
     type: str = Field(description="machine-readable kind: pydantic's for field errors (e.g. `missing`, "
                                   "`string_too_long`), else one of missing_api_key, invalid_api_key, not_found, "
                                   "method_not_allowed, body_timeout, body_too_large, unsupported_media_type, "
-                                  "json_invalid, value_error, bundle_error, no_bundle, internal_error",
+                                  "json_invalid, value_error, condition_type (a filter condition that is neither "
+                                  "a list of values nor a range), bundle_error, no_bundle, internal_error",
                       examples=["missing"])
     loc: list[str | int] = Field(description="where: e.g. [\"body\", \"events\", 0, \"ts\"], "
                                              "[\"header\", \"x-api-key\"], [\"path\", \"item_id\"]",
@@ -293,9 +398,17 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class VariantInfo(BaseModel):
+    name: str
+    model_version: str
+    share: float
+
+
 class Ready(BaseModel):
     status: Literal["ready", "no bundle"]
     model_version: str | None = None
+    variants: list[VariantInfo] = Field(default_factory=list, description="the A/B variants served, first: the "
+                                                                          "primary")
     execution_provider: str | None = None
     redis: Literal["up", "down"]
     items: int = 0

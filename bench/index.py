@@ -18,6 +18,16 @@ Per index: build time (and threads), memory per item (serialised size and the pr
 query search latency with one thread (as the service searches), recall@100 against exact. HNSW uses the
 service's settings (M, efConstruction, efSearch from app.core.config); an efSearch / nprobe sweep shows the
 trade-off around them.
+
+Filtered retrieval (`--filter-share 0.1`, instead of the above): the bundle grown to each of `--sizes` with
+random items (bench/common.py grow_bundle; its indexes HNSW above `--hnsw-threshold`), every item given a
+random `category` attribute so that one value keeps about that share of a platform, loaded by the service's
+loader; then recall@k of the service's filtered search (`Catalog.search` with the filter's row mask, as
+/v1/recommend with `filters` runs it) against exact filtered search, for random unit queries, both for the
+service's path (exact over the allowed rows up to XREC_FILTER_EXACT_MAX of them) and for the index with its
+adaptive over-fetch alone (`filter_exact_max` 0):
+
+    .venv/bin/python bench/index.py --bundle B --filter-share 0.1 --sizes 100000 --queries 300
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ from app.core.config import Settings
 from app.services.onnx import make_session
 from app.services.ranking import History, user_vectors
 from app.services.retrieval import IndexParams, PlatformIndex
+from app.services.rules import Condition, Rules, allowed_mask
 
 
 def load_real(bundle: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
@@ -266,6 +277,82 @@ def bench_size(label: str, vecs: np.ndarray, plat: np.ndarray, n_platforms: int,
     return out
 
 
+def tag_categories(bundle: Path, share: float, seed: int) -> int:
+    """Give every item of the bundle a random `category` ("c0", "c1", …, each about `share` of the items)
+    in items.parquet's `attributes` column, the manifest's hashes updated; returns the number of values."""
+    import json
+
+    import pyarrow as pa
+    from common import _write_manifest
+
+    n_values = max(1, round(1 / share))
+    items = pq.read_table(bundle / "items.parquet")
+    cats = np.random.default_rng(seed).integers(0, n_values, size=items.num_rows)
+    attrs = pa.array([json.dumps({"category": f"c{c}"}) for c in cats.tolist()], pa.string())
+    items = items.drop_columns([c for c in ["attributes"] if c in items.column_names]).append_column("attributes",
+                                                                                                      attrs)
+    target = bundle / "items.parquet"
+    if target.is_symlink():
+        target.unlink()
+    pq.write_table(items, target)
+    _write_manifest(bundle, bundle, ["items.parquet"])
+    return n_values
+
+
+def filtered_recall(bundle: Path, n_queries: int, k: int, seed: int, exact_max: int, value: str = "c0",
+                    threads: int = 1) -> list[dict]:
+    """Per platform: recall@k of `Catalog.search` under the filter `category = value` against exact filtered
+    search, and its per-query latency (one query at a time, one FAISS thread)."""
+    from app.services.model_bundle import load_bundle
+
+    settings = Settings(_env_file=None, filter_exact_max=exact_max, faiss_threads=threads)  # type: ignore[call-arg]
+    catalog = load_bundle(bundle, settings).catalog
+    rules = Rules(include=(("category", Condition((value,))),))
+    rng = np.random.default_rng(seed + 7)
+    out = []
+    none = [np.zeros(0, dtype=np.int64)]
+    for p, index in sorted(catalog.indexes.items()):
+        mask = allowed_mask(catalog, p, rules)
+        assert mask is not None
+        rows = np.flatnonzero(mask)
+        q = rng.standard_normal((n_queries, catalog.dim)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        truth = exact_topk(catalog.vectors, rows, q, k)[1]
+        got = [catalog.search(p, q[j:j + 1], k, none, [mask])[0] for j in range(n_queries)]
+        lat = latency(lambda j, p=p, q=q, mask=mask: catalog.search(p, q[j:j + 1], k, none, [mask]),
+                      min(n_queries, 200))
+        path = "exact over allowed rows" if len(rows) <= catalog.filter_exact_max else f"{index.kind} over-fetch"
+        out.append({"platform": p, "items": index.size, "allowed": int(len(rows)),
+                    "allowed_share": len(rows) / max(index.size, 1), "index": index.kind, "path": path,
+                    "exact_max": exact_max, "k": k, "queries": n_queries, "recall": recall(got, truth),
+                    "lat": lat})
+    return out
+
+
+def bench_filtered(args: argparse.Namespace) -> list[dict]:
+    import tempfile
+
+    from common import grow_bundle
+
+    os.environ["XREC_HNSW_THRESHOLD"] = str(args.hnsw_threshold)  # grow_bundle builds the indexes by Settings()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="xrec-filter-") as tmp:
+        for size in args.sizes.split(","):
+            n = int(size)
+            dst = Path(tmp) / f"grown-{n}"
+            grow_bundle(args.bundle.resolve(), dst, n, seed=args.seed)
+            tag_categories(dst, args.filter_share, args.seed)
+            for exact_max in (Settings(_env_file=None).filter_exact_max, 0):  # type: ignore[call-arg]
+                for r in filtered_recall(dst, args.queries, args.k, args.seed, exact_max):
+                    r["size"] = n
+                    print(f"  {n:,} items: platform {r['platform']} ({r['items']:,} items, {r['index']}), filter "
+                          f"keeps {r['allowed']:,} ({r['allowed_share']:.1%}); {r['path']:<24} recall@{r['k']} "
+                          f"{r['recall']:.4f} over {r['queries']} queries; search p50/p99 "
+                          f"{r['lat']['p50_us']:,.0f}/{r['lat']['p99_us']:,.0f} µs")
+                    rows.append(r)
+    return rows
+
+
 def _line(r: dict) -> str:
     knob = {"hnsw": f"efSearch {r['knob']}", "ivf": f"nprobe {r['knob']}", "exact": ""}[r["index"]]
     return (f"  {r['layout']:<12} {r['index']:<5} {knob:<13} build {r['build_s']:7.1f}s "
@@ -294,7 +381,17 @@ def main() -> None:
                     help="skip the global-layout HNSW above this many items (a second full build)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--filter-share", type=float, default=None,
+                    help="measure filtered retrieval instead: a filter keeping about this share of a platform")
+    ap.add_argument("--hnsw-threshold", type=int, default=1000,
+                    help="--filter-share: platforms above this many items get HNSW indexes")
     args = ap.parse_args()
+    if args.filter_share is not None:
+        rows = bench_filtered(args)
+        out = args.json or RUNS / "index-filtered.json"
+        write_json(out, {"bundle": str(args.bundle.resolve()), "machine": machine(), "git": git_rev(), "rows": rows})
+        print(f"figures: {out}")
+        return
     args.types = [t.strip() for t in args.types.split(",")]
     args.ef_search = [int(x) for x in args.ef_search.split(",")]
     args.nprobe = [int(x) for x in args.nprobe.split(",")]

@@ -29,6 +29,8 @@ class Query:
     now: float  # epoch seconds: "days since the last event on the target platform" is measured to it
     exclude_seen: bool = True
     exclude: np.ndarray = field(default_factory=lambda: _EMPTY)  # item rows never to return
+    # bool per item row: the only rows it may return (request filters; recommendable target rows), or None
+    allowed: np.ndarray | None = None
 
     def excluded(self) -> np.ndarray:
         seen = self.history.rows[self.history.on(self.target)] if self.exclude_seen else _EMPTY
@@ -79,7 +81,8 @@ class Backend(Protocol):
     def search(self, target: int, user_vecs: np.ndarray, n: int, exclude: Sequence[np.ndarray]
                ) -> list[np.ndarray]:
         """Per user vector: the `n` target-platform rows with the largest inner product, best first,
-        never one in its `exclude`."""
+        never one in its `exclude`. A backend that serves filtered queries (`Query.allowed`) takes a fifth
+        argument, `allowed`: per user vector a bool row mask or None; it is passed only when a query has one."""
 
     def score(self, user_vecs: np.ndarray, item_vecs: np.ndarray, extras: np.ndarray) -> np.ndarray:
         """The scorer over aligned rows: float32 [N]."""
@@ -103,11 +106,16 @@ def candidates(backend: Backend, tables: Tables, queries: Sequence[Query], user_
         by_target.setdefault(q.target, []).append(i)
     for target, idx in by_target.items():
         excl = [queries[i].excluded() for i in idx]
-        found = backend.search(target, user_vecs[idx], n, excl)
+        allowed = [queries[i].allowed for i in idx]
+        if all(a is None for a in allowed):
+            found = backend.search(target, user_vecs[idx], n, excl)
+        else:  # filtered queries: only a backend that filters gets them (the service's)
+            found = backend.search(target, user_vecs[idx], n, excl, allowed)  # type: ignore[call-arg]
         for i, ex, rows in zip(idx, excl, found, strict=True):
             if tables.knn_candidates and backend.has_scorer:
+                live = queries[i].allowed if queries[i].allowed is not None else tables.live
                 more = knn_candidates(knn_all[i], tables.knn_candidates, tables.item_platform, target,
-                                      np.concatenate([ex, rows]), tables.live)
+                                      np.concatenate([ex, rows]), live)
                 rows = np.concatenate([rows, more])
             rows_of[i] = rows
     return [Candidates(rows, features(tables, q, user_vecs[i], tables.vectors[rows], rows, knn_all[i]))

@@ -18,6 +18,8 @@ bundle_app = typer.Typer(help="Inspect and check model bundles.", no_args_is_hel
 app.add_typer(bundle_app, name="bundle")
 batch_app = typer.Typer(help="Offline scoring of many persons (campaigns).", no_args_is_help=True)
 app.add_typer(batch_app, name="batch")
+report_app = typer.Typer(help="Reports from the service's event log.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
 
 # Wide enough for the summary tables when stderr is a log file rather than a terminal.
 err = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 140)
@@ -293,6 +295,36 @@ def batch_score(
     except CampaignError as e:
         raise _fail(str(e)) from None
     err.print(summary.line(), highlight=False, soft_wrap=True)
+
+
+@report_app.command("ab")
+def report_ab(
+    events_dir: Annotated[Path | None, typer.Option(help="the service's event log [env: XREC_EVENTS_DIR]")] = None,
+    since: Annotated[int | None, typer.Option(help="only events at or after this time (epoch s)")] = None,
+    until: Annotated[int | None, typer.Option(help="only events before this time (epoch s)")] = None,
+    exposure: Annotated[str, typer.Option(help="the event type a client sends when it shows recommendations: "
+                                               "who counts as exposed")] = "exposure",
+    outcomes: Annotated[str, typer.Option(help="comma-separated event types to give rates of")] = "click,purchase",
+    as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON instead of a table")] = False,
+) -> None:
+    """A/B test figures per variant from events that name a variant: exposed persons and their share, the rate
+    of persons with each outcome (95% Wilson intervals), and the difference to the first variant."""
+    import json
+
+    from app.services.ab_report import ab_report_from_log, format_table
+
+    source = events_dir or get_settings().events_dir
+    if not source.is_dir():
+        raise _fail(f"no event log at {source} (set --events-dir or XREC_EVENTS_DIR)")
+    kinds = [k.strip() for k in outcomes.split(",") if k.strip()]
+    report = ab_report_from_log(source, exposure, kinds, since, until)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    if not report.variants:
+        err.print(f"no events naming a variant in {source}")
+        raise typer.Exit(1)
+    Console(width=200).print(format_table(report))
 
 
 @app.command("serve")

@@ -16,6 +16,7 @@ from app.core.config import Settings
 from app.services.errors import NoBundle
 from app.services.model_bundle import LoadedBundle
 from app.services.state import ServiceState
+from app.services.variants import Served
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="one of XREC_API_KEYS; required on every /v1 route (on reads too, "
@@ -45,6 +46,17 @@ async def get_bundle(request: Request) -> LoadedBundle:
 
 
 BundleDep = Annotated[LoadedBundle, Depends(get_bundle)]
+
+
+async def get_served(request: Request) -> Served:
+    """The A/B variants this request chooses from (one, without XREC_VARIANTS), read once."""
+    try:
+        return request.app.state.xrec.require_served()
+    except NoBundle:
+        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "no bundle loaded (see /readyz)") from None
+
+
+ServedDep = Annotated[Served, Depends(get_served)]
 
 # The dependencies above take the Request rather than each other: every level of sub-dependency costs
 # each request some microseconds, and /v1/recommend is meant to answer in well under a millisecond.

@@ -14,6 +14,9 @@ from app.api.errors import error_body
 from app.core.logs import request_id
 from app.core.metrics import Metrics
 
+# Set in the request scope by the routes that answer from an A/B variant: its name (a label of the request
+# metrics).
+VARIANT = "xrec.variant"
 # Set in the request scope by a streaming route whose body failed after the 200 headers went out (it
 # ended the stream with an error line): the request is counted as a 500, not as the 200 that was sent.
 STREAM_FAILED = "xrec.stream_failed"
@@ -86,8 +89,10 @@ class RequestMetrics:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
-            self.metrics.request_seconds.observe(time.perf_counter() - started, method=method, route=path)
-            self.metrics.requests.inc(method=method, route=path, status=str(status))
+            variant = scope.get(VARIANT, "")
+            self.metrics.request_seconds.observe(time.perf_counter() - started, method=method, route=path,
+                                                 variant=variant)
+            self.metrics.requests.inc(method=method, route=path, variant=variant, status=str(status))
 
 
 class _TooLarge(Exception):

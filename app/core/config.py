@@ -6,10 +6,39 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_ID_SALT = "xrec-dev-salt-change-me"
+# The name of the one variant when XREC_VARIANTS is not set (responses and metrics still name it).
+DEFAULT_VARIANT = "default"
+VARIANT_NAME = r"^[A-Za-z0-9_.-]{1,32}$"
+
+
+class VariantSpec(BaseModel):
+    """One arm of an A/B test: a name, its bundle folder, its share of persons."""
+
+    name: str = Field(pattern=VARIANT_NAME)
+    bundle_dir: Path
+    share: float = Field(gt=0.0, le=1.0)
+
+
+def parse_variants(text: str) -> list[VariantSpec]:
+    """`name=/path/to/bundle:share,name2=/path2:share2` (shares are weights: they are scaled to sum to 1)."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, eq, rest = part.partition("=")
+        path, colon, share = rest.rpartition(":")
+        if not eq or not colon or not path:
+            raise ValueError(f"XREC_VARIANTS: {part!r} is not name=/bundle/dir:share")
+        try:
+            weight = float(share)
+        except ValueError:
+            raise ValueError(f"XREC_VARIANTS: {part!r}: the share {share!r} is not a number") from None
+        out.append({"name": name.strip(), "bundle_dir": path.strip(), "share": weight})
+    return [VariantSpec.model_validate(v) for v in out]
 
 
 class Settings(BaseSettings):
@@ -25,6 +54,11 @@ class Settings(BaseSettings):
     bundle_dir: Path | None = None
     # Hash every bundle file against its manifest before serving it (seconds for a large bundle).
     verify_bundle: bool = True
+    # A/B test: several bundles served side by side, each person in one of them by a keyed hash of the
+    # person id (`name=/bundle/dir:share,…`; shares are weights). Set, it replaces `bundle_dir`.
+    variants: Annotated[list[VariantSpec], NoDecode] = Field(default_factory=list)
+    # The key of that hash: another key is another random split of the same persons.
+    variant_salt: SecretStr = SecretStr("xrec-variants-1")
 
     # ---- service: ONNX Runtime and FAISS ---------------------------------------------------------------
     # Execution providers in order of preference; empty = CUDA when onnxruntime-gpu sees a GPU, else CPU.
@@ -89,6 +123,11 @@ class Settings(BaseSettings):
     body_timeout_s: float = 30.0
     batch_chunk: int = 256
     n_reasons: int = 3
+    # Request rules: a filter allowing at most this many items of a platform is searched exactly over them,
+    # a larger one through the index with an adaptive over-fetch (app/services/retrieval.py).
+    filter_exact_max: int = Field(default=20_000, ge=0)
+    # The event type `diversity.exclude_bought_days` means when a request names none.
+    purchase_event: str = Field(default="purchase", min_length=1, max_length=64)
 
     # ---- service: micro-batching of uncached /v1/recommend requests (app/services/batching.py) -----------
     # Requests that miss the ranked cache share one profile read, one user-encoder call, one FAISS search per
@@ -108,6 +147,19 @@ class Settings(BaseSettings):
     def _comma_list(cls, v: object) -> object:
         if isinstance(v, str):
             return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _variants(cls, v: object) -> object:
+        return parse_variants(v) if isinstance(v, str) else v
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, v: list[VariantSpec]) -> list[VariantSpec]:
+        names = [s.name for s in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must differ: {names}")
         return v
 
 

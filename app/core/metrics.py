@@ -144,10 +144,13 @@ class Metrics:
     """Every series the service exports. One instance per app (tests get fresh ones)."""
 
     def __init__(self) -> None:
+        # `variant`: the A/B variant that answered (recommend, rank, batch score; "default" without
+        # XREC_VARIANTS), empty for other routes.
         self.request_seconds = Histogram("xrec_http_request_duration_seconds",
-                                         "Request latency by route template.", ("method", "route"))
-        self.requests = Counter("xrec_http_requests_total", "Requests by route and status.",
-                                ("method", "route", "status"))
+                                         "Request latency by route template and A/B variant.",
+                                         ("method", "route", "variant"))
+        self.requests = Counter("xrec_http_requests_total", "Requests by route, A/B variant and status.",
+                                ("method", "route", "variant", "status"))
         self.ranked_cache = Counter("xrec_ranked_cache_requests_total",
                                     "Recommendations answered from the in-process ranked cache (hit) or "
                                     "computed (miss), or with Redis unavailable (degraded).", ("result",))
@@ -162,6 +165,8 @@ class Metrics:
                                 ("model_version", "provider"))
         self.index_items = Gauge("xrec_index_items", "Live items in the retrieval index, per platform.",
                                  ("platform",))
+        self.variant_share = Gauge("xrec_variant_share", "The share of persons each A/B variant serves.",
+                                   ("variant", "model_version"))
         self.recommend_batch = Histogram("xrec_recommend_batch_size",
                                          "Uncached /v1/recommend requests computed together (micro-batching).",
                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
@@ -171,7 +176,8 @@ class Metrics:
                                         buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05))
         self.all = [self.request_seconds, self.requests, self.ranked_cache, self.profile_source,
                     self.redis_errors, self.redis_up, self.events, self.batch_rows, self.reloads,
-                    self.model_info, self.index_items, self.recommend_batch, self.recommend_hold]
+                    self.model_info, self.index_items, self.variant_share, self.recommend_batch,
+                    self.recommend_hold]
 
     def render(self) -> str:
         lines: list[str] = []

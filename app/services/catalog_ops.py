@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 
 import numpy as np
@@ -20,6 +21,7 @@ from app.services.errors import InputError
 from app.services.event_log import CatalogChange, CatalogLog, read_catalog_changes
 from app.services.model_bundle import LoadedBundle
 from app.services.redis_store import Keys, RedisGuard, RedisUnavailable
+from app.services.retrieval import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +35,33 @@ class CatalogService:
 
     def apply(self, bundle: LoadedBundle, changes: Sequence[CatalogChange]) -> int:
         """Apply changes to the bundle's catalog (copy-on-write, one swap); returns the new catalog version.
-        Later changes to the same item win."""
+        Later changes to the same item win. An upsert that keeps a live item's title and platform changes
+        only its attributes and availability, in place (no new vector, row or item-KNN loss); any other gets
+        a new row with its text embedded."""
         latest: dict[str, CatalogChange] = {}
         for c in changes:
             latest[c.item_id] = c
         upserts = [c for c in latest.values() if c.op == "upsert" and c.platform in bundle.platform_of]
         deletes = [c.item_id for c in latest.values() if c.op == "delete"]
-        vecs = (bundle.embedder.embed([c.title for c in upserts], [bundle.platform_of[c.platform] for c in upserts])
-                if upserts else np.zeros((0, bundle.catalog.dim), dtype=np.float32))
+        same = {c.item_id for c in upserts if _same_text(bundle, bundle.catalog, c)}
+        vecs = self._embed(bundle, [c for c in upserts if c.item_id not in same])
         with bundle.catalog_lock:
-            bundle.catalog = bundle.catalog.with_changes(
-                [(c.item_id, bundle.platform_of[c.platform], c.title, vecs[i]) for i, c in enumerate(upserts)],
-                deletes)
+            catalog = bundle.catalog
+            late = [c for c in upserts if c.item_id in same and not _same_text(bundle, catalog, c)]
+            vecs.update(self._embed(bundle, late))  # changed meanwhile by another writer (rare)
+            updates = [(c.item_id, c.attributes, c.available) for c in upserts if c.item_id not in vecs]
+            new = [c for c in upserts if c.item_id in vecs]
+            bundle.catalog = catalog.with_changes(
+                [(c.item_id, bundle.platform_of[c.platform], c.title, vecs[c.item_id]) for c in new], deletes,
+                updates, [(c.attributes, c.available) for c in new])
             return bundle.catalog.version
+
+    @staticmethod
+    def _embed(bundle: LoadedBundle, changes: Sequence[CatalogChange]) -> dict[str, np.ndarray]:
+        if not changes:
+            return {}
+        vecs = bundle.embedder.embed([c.title for c in changes], [bundle.platform_of[c.platform] for c in changes])
+        return {c.item_id: vecs[i] for i, c in enumerate(changes)}
 
     def record(self, changes: Sequence[CatalogChange]) -> None:
         """Durable first (fsync'd log), then shared (Redis, best effort: the log replays it locally)."""
@@ -81,12 +97,28 @@ class CatalogService:
         has is skipped when the bundle is newer than the change (its vector, trained, is the better one);
         deletes always apply."""
         created = _epoch(bundle.manifest.created_at)
-        keep = [c for c in self.stored()
-                if c.op == "delete" or c.item_id not in bundle.catalog.row_of or c.at > created]
+        catalog = bundle.catalog
+        keep = []
+        for c in self.stored():
+            if c.op == "delete" or c.item_id not in catalog.row_of or c.at > created:
+                keep.append(c)
+                continue
+            # The bundle's text and vector are newer; the attributes and availability set online still hold.
+            row = catalog.row_of[c.item_id]
+            if (c.attributes is not None and c.attributes != catalog.attributes_of(row)) or not c.available:
+                keep.append(replace(c, title=catalog.titles[row],
+                                    platform=bundle.platforms[int(catalog.platform[row])]))
         if keep:
             self.apply(bundle, keep)
             log.info("re-applied %d recorded catalog changes to bundle %s", len(keep), bundle.model_version)
         return len(keep)
+
+
+def _same_text(bundle: LoadedBundle, catalog: Catalog, c: CatalogChange) -> bool:
+    """Whether the upsert keeps the item's live row (same title and platform): only attributes change."""
+    row = catalog.row_of.get(c.item_id)
+    return (row is not None and bool(catalog.live[row]) and catalog.titles[row] == c.title
+            and bundle.platforms[int(catalog.platform[row])] == c.platform)
 
 
 def item_platform(bundle: LoadedBundle, item_id: str) -> str | None:

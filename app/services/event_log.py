@@ -50,13 +50,17 @@ class LoggedEvent:
     event: str
     ts: int
     received: float = 0.0
+    variant: str | None = None  # the A/B variant whose recommendation this event answers, if the client says
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        d = asdict(self)
+        if self.variant is None:  # lines as before for events that name no variant
+            del d["variant"]
+        return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
 
     def history_entry(self) -> str:
         """What a person's Redis history list holds: no account, raw or hashed."""
-        return json.dumps([self.item_id, self.platform, self.ts, self.event_id], separators=(",", ":"))
+        return json.dumps([self.item_id, self.platform, self.ts, self.event_id, self.event], separators=(",", ":"))
 
     def stream_fields(self) -> list[str]:
         return ["event_id", self.event_id, "person", self.person, "platform", self.platform,
@@ -71,6 +75,8 @@ class CatalogChange:
     platform: str = ""
     title: str = ""
     at: float = field(default_factory=time.time)
+    attributes: dict[str, str | float] | None = None  # the item's attributes after the change
+    available: bool = True
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))

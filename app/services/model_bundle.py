@@ -7,7 +7,9 @@ the old one keeps serving, then swap one reference.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -46,6 +48,7 @@ class Snapshot:
     item_ids: list[str]
     platforms: np.ndarray  # int64 platform ids
     ts: np.ndarray  # int64
+    kinds: list[str | None] | None = None  # event types, when history.parquet has an `event` column
 
     def events(self, person: str) -> tuple[list[str], list[int], list[int]]:
         span = self.spans.get(person)
@@ -53,6 +56,10 @@ class Snapshot:
             return [], [], []
         lo, hi = span
         return self.item_ids[lo:hi], self.platforms[lo:hi].tolist(), self.ts[lo:hi].tolist()
+
+    def event_types(self, person: str) -> list[str | None]:
+        lo, hi = self.spans.get(person, (0, 0))
+        return self.kinds[lo:hi] if self.kinds is not None else [None] * (hi - lo)
 
     def __contains__(self, person: str) -> bool:
         return person in self.spans
@@ -113,6 +120,34 @@ def _read(path: Path, columns: list[str]) -> pa.Table:
     if missing:
         raise BundleError(f"{path}: missing columns {missing}")
     return table
+
+
+def _attributes(items: pa.Table) -> list[dict[str, str | float] | None] | None:
+    """items.parquet's optional `attributes` column: a JSON object per item (string or number values; a
+    boolean becomes "true"/"false", anything else is left out), or null."""
+    if "attributes" not in items.column_names:
+        return None
+    out: list[dict[str, str | float] | None] = []
+    for i, raw in enumerate(items.column("attributes").to_pylist()):
+        if raw is None or raw == "":
+            out.append(None)
+            continue
+        try:
+            d = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError as e:
+            raise BundleError(f"items.parquet: row {i}: attributes are not JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise BundleError(f"items.parquet: row {i}: attributes must be a JSON object")
+        attrs: dict[str, str | float] = {}
+        for k, v in d.items():
+            if isinstance(v, bool):
+                attrs[str(k)] = "true" if v else "false"
+            elif isinstance(v, str):
+                attrs[str(k)] = v
+            elif isinstance(v, int | float) and math.isfinite(v):
+                attrs[str(k)] = float(v)
+        out.append(attrs or None)
+    return out
 
 
 def _read_indexes(path: Path, manifest: Manifest, item_platform: np.ndarray, settings: Settings
@@ -186,7 +221,7 @@ def _load(path: Path, settings: Settings) -> LoadedBundle:
     # Platforms the bundle has no index file for (all of them, for a bundle exported before index files)
     # are indexed here.
     catalog = Catalog.build(item_ids, item_platform, items.column("title").to_pylist(), vectors, popularity,
-                            len(manifest.platforms), params, indexes)
+                            len(manifest.platforms), params, indexes, _attributes(items), settings.filter_exact_max)
 
     knn = np.load(path / "knn.npz")
     knn_index, knn_weight = knn["index"].astype(np.int64), knn["weight"].astype(np.float32)
@@ -209,7 +244,8 @@ def _load(path: Path, settings: Settings) -> LoadedBundle:
     snapshot = Snapshot(spans, hist.column("item_id").to_pylist(),
                         np.array([platform_of[p] for p in hist.column("platform").to_pylist()],
                                  dtype=np.int64),
-                        hist.column("ts").to_numpy(zero_copy_only=False).astype(np.int64))
+                        hist.column("ts").to_numpy(zero_copy_only=False).astype(np.int64),
+                        hist.column("event").to_pylist() if "event" in hist.column_names else None)
 
     acc = _read(path / "accounts.parquet", ["platform", "account", "person"])
     accounts = dict(zip(acc.column("account").to_pylist(), acc.column("person").to_pylist(), strict=True))

@@ -49,20 +49,28 @@ class Profile:
     seq: int  # how many of the person's ingested events it includes (its version)
     vecs: dict[int, np.ndarray] = field(default_factory=dict)  # target platform → unit user vector
     known: bool = False  # in the bundle snapshot, or has ingested events
+    # each event's type ("purchase", …; None: not known, e.g. a snapshot without an `event` column);
+    # None: a profile stored by an older xrec, without types
+    events: list[str | None] | None = None
 
     def history(self, catalog: Catalog) -> History:
         return History.from_ids(catalog, self.item_ids, self.platforms, self.ts)
 
     def to_json(self) -> str:
         vecs = {str(p): base64.b64encode(v.astype(np.float32).tobytes()).decode() for p, v in self.vecs.items()}
-        return json.dumps({"i": self.item_ids, "p": self.platforms, "t": self.ts, "v": vecs, "k": self.known},
-                          separators=(",", ":"))
+        d = {"i": self.item_ids, "p": self.platforms, "t": self.ts, "v": vecs, "k": self.known}
+        if self.events is not None:
+            d["e"] = self.events
+        return json.dumps(d, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, person: str, seq: int, data: bytes | str) -> Profile:
         d = json.loads(data)
         vecs = {int(p): np.frombuffer(base64.b64decode(v), dtype=np.float32) for p, v in d["v"].items()}
-        return cls(person, d["i"], d["p"], d["t"], seq, vecs, bool(d["k"]))
+        return cls(person, d["i"], d["p"], d["t"], seq, vecs, bool(d["k"]), d.get("e"))
+
+    def event_types(self) -> list[str | None]:
+        return self.events if self.events is not None else [None] * len(self.item_ids)
 
 
 @dataclass
@@ -143,27 +151,36 @@ def _read_evented(r, keys: Keys) -> set[str]:
     return {m.decode() for m in r.sscan_iter(keys.evented, count=10_000)}
 
 
-def merge_events(bundle: LoadedBundle, person: str, extra: Sequence[tuple[str, str, int]], seq: int,
+def merge_events(bundle: LoadedBundle, person: str, extra: Sequence[tuple], seq: int,
                  cap: int, base: Profile | None = None) -> Profile:
-    """The profile without vectors: `base` (else the snapshot) + extra (item_id, platform name, ts) events,
-    ordered by time (ties: earlier first), the newest `cap` kept. An extra event already in the base
-    (same item and time, e.g. one the new bundle was trained on) is not counted twice."""
+    """The profile without vectors: `base` (else the snapshot) + extra (item_id, platform name, ts[, event
+    type]) events, ordered by time (ties: earlier first), the newest `cap` kept. An extra event already in
+    the base (same item and time, e.g. one the new bundle was trained on) is not counted twice."""
     if base is None:
         items, plats, ts = bundle.snapshot.events(person)
+        kinds: list[str | None] = bundle.snapshot.event_types(person)
         known = person in bundle.snapshot or seq > 0
     else:
         items, plats, ts, known = base.item_ids, base.platforms, base.ts, True
+        kinds = base.event_types()
     have = set(zip(items, ts, strict=True))
-    rows = list(zip(items, plats, ts, strict=True))
-    for item, platform, t in extra:
+    rows = list(zip(items, plats, ts, kinds, strict=True))
+    for e in extra:
+        item, platform, t = e[0], e[1], e[2]
         pid = bundle.platform_of.get(platform)
         if pid is not None and (item, t) not in have:
-            rows.append((item, pid, int(t)))
+            rows.append((item, pid, int(t), e[3] if len(e) > 3 else None))
             have.add((item, t))
     rows.sort(key=lambda r: r[2])  # stable: equal times keep their order
     rows = rows[-cap:]
     return Profile(person, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], seq, {},
-                   known or bool(extra))
+                   known or bool(extra), [r[3] for r in rows])
+
+
+def _entry(raw: bytes | str) -> tuple:
+    """A Redis history entry, [item_id, platform, ts, event_id(, event type)], as merge_events takes it."""
+    e = json.loads(raw)
+    return (e[0], e[1], int(e[2]), e[4] if len(e) > 4 else None)
 
 
 def with_vectors(bundle: LoadedBundle, profiles: list[Profile]) -> list[Profile]:
@@ -230,18 +247,26 @@ class ProfileStore:
                 got.update(zip(ask, self._get_local(bundle, ask), strict=True))
             else:
                 stored = 0
+                legacy = []
                 for person, (seq, data, entries) in zip(ask, replies, strict=True):
                     if data is not None:
                         prof = Profile.from_json(person, int(seq), data)
                         stored += 1
+                        if prof.events is None:  # stored by an older xrec: rebuilt below, with event types
+                            legacy.append(person)
                     elif not entries:  # no events after all: the snapshot is the profile (not stored)
                         prof = self._from_snapshot(bundle, person)
                     else:
-                        extra = [(e[0], e[1], int(e[2])) for e in (json.loads(x) for x in entries)]
-                        prof = merge_events(bundle, person, extra, int(seq), self.cap)
+                        prof = merge_events(bundle, person, [_entry(x) for x in entries], int(seq), self.cap)
                         built.append(prof)
                     got[person] = prof
                     self.local.put((mv, person), prof)
+                if legacy:
+                    with contextlib.suppress(RedisUnavailable):  # then served as stored, without types
+                        for prof in self._read_from_redis(bundle, legacy):
+                            got[prof.person] = prof
+                            built.append(prof)
+                            self.local.put((mv, prof.person), prof)
                 self.metrics.profile_source.inc(stored, source="redis")
                 if built:
                     self.metrics.profile_source.inc(len(built), source="built")
@@ -316,9 +341,8 @@ class ProfileStore:
             return
         log.info("persons with events since the bundle: %d (the others are served from the snapshot)", n)
 
-    def _build_from_redis(self, bundle: LoadedBundle, persons: Sequence[str], write_back: bool
-                          ) -> list[Profile]:
-        """Snapshot + the persons' ingested events, vectors computed, written back (newest seq wins)."""
+    def _read_from_redis(self, bundle: LoadedBundle, persons: Sequence[str]) -> list[Profile]:
+        """Snapshot + the persons' ingested events (no vectors). Raises RedisUnavailable."""
         ops = []
         for p in persons:
             ops += [("lrange", self.keys.events(p), 0, -1), ("get", self.keys.seq(p))]
@@ -327,9 +351,13 @@ class ProfileStore:
         profiles = []
         for j, person in enumerate(persons):
             entries, seq = res[2 * j], int(res[2 * j + 1] or 0)
-            extra = [(e[0], e[1], int(e[2])) for e in (json.loads(x) for x in entries)]
-            profiles.append(merge_events(bundle, person, extra, seq, self.cap))
-        profiles = with_vectors(bundle, profiles)
+            profiles.append(merge_events(bundle, person, [_entry(x) for x in entries], seq, self.cap))
+        return profiles
+
+    def _build_from_redis(self, bundle: LoadedBundle, persons: Sequence[str], write_back: bool
+                          ) -> list[Profile]:
+        """Snapshot + the persons' ingested events, vectors computed, written back (newest seq wins)."""
+        profiles = with_vectors(bundle, self._read_from_redis(bundle, persons))
         if write_back:
             self.store(bundle, profiles)
         return profiles
@@ -377,8 +405,8 @@ class ProfileStore:
         for person, evs in fresh.items():
             base = self.local.get((mv, person))
             seq = (base.seq if base else 0) + len(evs)
-            updated.append(merge_events(bundle, person, [(e.item_id, e.platform, e.ts) for e in evs], seq,
-                                        self.cap, base))
+            updated.append(merge_events(bundle, person, [(e.item_id, e.platform, e.ts, e.event) for e in evs],
+                                        seq, self.cap, base))
         for prof in with_vectors(bundle, updated):
             self.local.put((mv, prof.person), prof)
         n = sum(len(v) for v in fresh.values())

@@ -79,9 +79,9 @@ class OnnxBackend:
             return self.models.user_encoder.run(None, feeds)[0][:1]
         return self.models.user_encoder.run(None, feeds)[0]
 
-    def search(self, target: int, user_vecs: np.ndarray, n: int, exclude: Sequence[np.ndarray]
-               ) -> list[np.ndarray]:
-        return self.catalog.indexes[target].search(user_vecs, n, list(exclude))
+    def search(self, target: int, user_vecs: np.ndarray, n: int, exclude: Sequence[np.ndarray],
+               allowed: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        return self.catalog.search(target, user_vecs, n, list(exclude), allowed)
 
     def score(self, user_vecs: np.ndarray, item_vecs: np.ndarray, extras: np.ndarray) -> np.ndarray:
         assert self.models.scorer is not None
@@ -92,8 +92,9 @@ class OnnxBackend:
 
 
 def tables(models: Models, catalog: Catalog) -> ranking.Tables:
+    # `live`: what may be recommended (item-KNN candidates): live and available rows.
     return ranking.Tables(catalog.vectors, catalog.popularity, catalog.platform, catalog.max_popularity,
-                          models.knn, models.retrieval_candidates, models.knn_candidates, catalog.live)
+                          models.knn, models.retrieval_candidates, models.knn_candidates, catalog.recommendable)
 
 
 def user_vectors(models: Models, catalog: Catalog, histories: Sequence[_History], targets: Sequence[int]
@@ -122,9 +123,13 @@ def score_items(models: Models, catalog: Catalog, queries: Sequence[Query], user
     return s.reshape(len(queries), m)
 
 
-def popular(catalog: Catalog, target: int, n: int, exclude: np.ndarray = _EMPTY) -> Ranked:
-    """The cold-start answer: the platform's most popular live items; score = normalised log popularity."""
+def popular(catalog: Catalog, target: int, n: int, exclude: np.ndarray = _EMPTY,
+            allowed: np.ndarray | None = None) -> Ranked:
+    """The cold-start answer: the platform's most popular recommendable items (`allowed`: only rows it
+    marks); score = normalised log popularity."""
     rows = catalog.popular[target]
+    if allowed is not None:
+        rows = rows[allowed[rows]]
     if len(exclude):
         rows = rows[~np.isin(rows, exclude)]
     rows = rows[:n]

@@ -39,6 +39,8 @@ from app.services.ranking import (
 )
 from app.services.redis_store import RedisGuard
 from app.services.retrieval import Catalog
+from app.services.rules import Rules, allowed_mask, bought_rows, capped, diversify
+from app.services.variants import Served, Variant
 from contract.ids import account_key, unlinked_person_key
 
 _NO_ROWS = np.zeros(0, dtype=np.int64)
@@ -53,15 +55,16 @@ class Ask:
     k: int
     exclude_seen: bool = True
     exclude_ids: frozenset[str] = frozenset()
-    context: tuple[tuple[str, str, int], ...] = ()  # (item_id, platform, ts), not stored
+    context: tuple[tuple[str, str, int, str], ...] = ()  # (item_id, platform, ts, event type), not stored
     now: float | None = None
     # False for a keyless read (XREC_READ_AUTH=false): reasons name items of the target platform only.
     all_reasons: bool = True
+    rules: Rules | None = None  # filters, diversity (app.services.rules)
 
     @property
     def cacheable(self) -> bool:
-        # Context events and a fixed clock make the answer specific to this one request.
-        return not self.context and self.now is None
+        # Context events, a fixed clock and business rules make the answer specific to this one request.
+        return not self.context and self.now is None and self.rules is None
 
 
 @dataclass
@@ -85,6 +88,7 @@ class _Work:
     n: int  # candidates to retrieve
     cache_it: bool  # rank for the ranked cache (no request-specific exclusions), then answer from the entry
     ranked: Ranked | None = None
+    allowed: np.ndarray | None = None  # the request's filters as a row mask
     answer: Answer | BaseException | None = None
 
 
@@ -100,6 +104,7 @@ class Recommender:
         self.n_reasons = settings.n_reasons
         self.cap = settings.profile_max_events
         self.batch_chunk = settings.batch_chunk
+        self.purchase_event = settings.purchase_event
         self.embed_cache: LRU[tuple[str, int, str], np.ndarray] = LRU(settings.embed_cache_size)
         self.batcher: MicroBatcher[tuple[LoadedBundle, Ask], Answer] = MicroBatcher(
             self._compute_jobs, window_s=settings.recommend_batch_window_ms / 1000.0,
@@ -130,6 +135,22 @@ class Recommender:
         self.platform_id(bundle, account_platform, (*loc, "account_platform"))
         person = bundle.accounts.get(account_key(self.salt, account_platform, account_id))
         return person or unlinked_person_key(self.salt, account_platform, account_id)
+
+    def resolve_variant(self, served: Served, body: Any) -> tuple[Variant, int, str]:
+        """(variant, target platform id, person) of a recommend/rank body: the person as the first variant's
+        bundle knows them decides the variant; then the variant's own bundle resolves the request."""
+        primary = served.primary
+        target, person = self.resolve_request(primary, body)
+        variant = served.pick(person)
+        if variant.bundle is not primary:
+            target, person = self.resolve_request(variant.bundle, body)
+        return variant, target, person
+
+    def rules(self, body: Any) -> Rules | None:
+        """A request's business rules (`filters`, `diversity`), or None."""
+        if body.filters is None and body.diversity is None:  # the common case: nothing to build
+            return None
+        return Rules.of(body.filters, body.diversity, self.purchase_event)
 
     def resolve_request(self, bundle: LoadedBundle, body: Any) -> tuple[int, str]:
         """(target platform id, person) of a recommend/rank body; every platform it names is checked, so a
@@ -238,9 +259,19 @@ class Recommender:
             history, user_vec = self._history(bundle, catalog, profile, ask.context, ask.target)
             exclude_rows = _live_rows(catalog, ask.exclude_ids)
             n = max(bundle.models.retrieval_candidates, ask.k)
+            rules = ask.rules
+            if rules is not None:
+                exclude_rows = np.union1d(exclude_rows, _bought(catalog, rules, profile, ask.context, now))
+                if rules.caps:  # room to skip items over a cap
+                    n = max(n, 3 * ask.k)
             w = _Work(ask, profile, history, user_vec, exclude_rows, now, n,
-                      ask.cacheable and n == bundle.models.retrieval_candidates)
-            if len(history) == 0:  # cold start with nothing to go on: the platform's popular items
+                      ask.cacheable and n == bundle.models.retrieval_candidates,
+                      allowed=allowed_mask(catalog, ask.target, rules))
+            if len(history) == 0 and rules is not None:  # cold start under rules: popular items passing them
+                depth = max(self.depth, ask.k) * (10 if rules.caps else 1)
+                top = diversify(catalog, popular(catalog, ask.target, depth, exclude_rows, w.allowed), ask.k, rules)
+                w.answer = Answer(self._fragments(bundle, catalog, history, top, ask), True, state, top)
+            elif len(history) == 0:  # cold start with nothing to go on: the platform's popular items
                 depth = max(self.depth, ask.k + len(exclude_rows))
                 base = popular(catalog, ask.target, depth)
                 frags = self._fragments(bundle, catalog, history, base, ask)
@@ -251,7 +282,7 @@ class Recommender:
                 w.answer = Answer(_take(entry, ask.exclude_ids, ask.k) or [], True, state, base)
             return w
         except Exception as e:
-            return _Work(ask, profile, History.of([], [], []), None, _NO_ROWS, 0.0, 0, False, e)
+            return _Work(ask, profile, History.of([], [], []), None, _NO_ROWS, 0.0, 0, False, answer=e)
 
     def _user_vectors(self, bundle: LoadedBundle, catalog: Catalog, fetched: Fetched, works: list[_Work]) -> None:
         """One user-encoder call for every vector the batch lacks: the requests' (history, target), and
@@ -286,7 +317,7 @@ class Recommender:
             by_n.setdefault(w.n, []).append(w)
         for n, group in by_n.items():
             queries = [Query(w.history, w.ask.target, w.now, w.ask.exclude_seen,
-                             _NO_ROWS if w.cache_it else w.exclude_rows) for w in group]
+                             _NO_ROWS if w.cache_it else w.exclude_rows, w.allowed) for w in group]
             users = np.stack([w.user_vec for w in group])  # type: ignore[misc]
             for w, ranked in zip(group, rank(bundle.models, catalog, queries, users, n), strict=True):
                 w.ranked = ranked
@@ -308,19 +339,20 @@ class Recommender:
                 return Answer(_take(entry, ask.exclude_ids, ask.k) or [], cold, state, ranked)
             w.cache_it = False
             return None
-        top = Ranked(ranked.rows[:ask.k], ranked.scores[:ask.k], ranked.candidates)
+        top = diversify(catalog, ranked, ask.k, ask.rules)
         return Answer(self._fragments(bundle, catalog, history, top, ask), cold, state, ranked)
 
-    def render(self, bundle: LoadedBundle, answer: Answer, started: float) -> bytes:
+    def render(self, bundle: LoadedBundle, answer: Answer, started: float, variant: str) -> bytes:
         """The RecommendResponse JSON, assembled from cached fragments (no per-item serialisation)."""
         took = (time.perf_counter() - started) * 1000.0
         return b"".join((b'{"items":[', b",".join(answer.fragments), b'],"model_version":',
-                         json.dumps(bundle.model_version).encode(), b',"cache":"', answer.cache.encode(),
+                         json.dumps(bundle.model_version).encode(), b',"variant":', json.dumps(variant).encode(),
+                         b',"cache":"', answer.cache.encode(),
                          b'","cold_start":', b"true" if answer.cold_start else b"false",
                          b',"took_ms":', f"{took:.3f}".encode(), b"}"))
 
     def _history(self, bundle: LoadedBundle, catalog: Catalog, profile: Profile,
-                 context: Sequence[tuple[str, str, int]], target: int) -> tuple[History, np.ndarray | None]:
+                 context: Sequence[tuple], target: int) -> tuple[History, np.ndarray | None]:
         """The history to rank with and, when the profile already has it, the user vector."""
         if context:
             merged = merge_events(bundle, profile.person, context, profile.seq, self.cap, base=profile)
@@ -367,27 +399,36 @@ class Recommender:
 
     def rank_items(self, bundle: LoadedBundle, person: str, target: int,
                    items: Sequence[tuple[str, str | None, str | None]],
-                   context: Sequence[tuple[str, str, int]], now: float | None, all_reasons: bool = True) -> dict:
+                   context: Sequence[tuple], now: float | None, all_reasons: bool = True,
+                   rules: Rules | None = None) -> dict:
         """Score given items (catalog items by id, or any text) for a person, best first; `all_reasons`
-        False: reasons from the target platform's history only (a keyless read)."""
+        False: reasons from the target platform's history only (a keyless read). Catalog items that are
+        unavailable or fail the rules are left out (`filtered_out`); items by text alone are not filtered."""
         catalog = bundle.catalog
         (profile,), degraded = self.profiles.get(bundle, [person])
+        now_f = time.time() if now is None else float(now)
+        vecs, rows = self.item_vectors(bundle, catalog, items, target)
+        passing = _passing(catalog, rows, allowed_mask(catalog, target, rules),
+                           _bought(catalog, rules, profile, context, now_f))
         history, user_vec = self._history(bundle, catalog, profile, context, target)
         if user_vec is None:
             user_vec = user_vectors(bundle.models, catalog, [history], [target])[0]
-        vecs, rows = self.item_vectors(bundle, catalog, items, target)
-        q = Query(history, target, time.time() if now is None else float(now))
-        scores = score_items(bundle.models, catalog, [q], user_vec[None], vecs, rows)[0]
-        order = np.argsort(-scores, kind="stable")
+        q = Query(history, target, now_f)
+        scores = score_items(bundle.models, catalog, [q], user_vec[None], vecs[passing], rows[passing])[0]
+        order = passing[np.argsort(-scores, kind="stable")]
+        if rules is not None and rules.caps:
+            order = order[capped(catalog, rows[order], rules)]
+        score_of = dict(zip(passing.tolist(), scores.tolist(), strict=True))
         r_rows, r_w = self._explain(bundle, catalog, history, vecs[order], target, all_reasons)
         out = []
         for j, i in enumerate(order.tolist()):
             reasons = [{"item_id": catalog.item_ids[r], "platform": bundle.platforms[int(catalog.platform[r])],
                         "weight": float(w)} for r, w in zip(r_rows[j].tolist(), r_w[j].tolist(), strict=True)
                        if r >= 0]
-            out.append({"item_id": items[i][0], "score": float(scores[i]), "reasons": reasons})
-        return {"items": out, "model_version": bundle.model_version, "degraded": degraded,
-                "cold_start": not profile.known}
+            out.append({"item_id": items[i][0], "score": float(score_of[i]), "reasons": reasons})
+        kept = set(order.tolist())
+        return {"items": out, "filtered_out": [items[i][0] for i in range(len(items)) if i not in kept],
+                "model_version": bundle.model_version, "degraded": degraded, "cold_start": not profile.known}
 
     def item_vectors(self, bundle: LoadedBundle, catalog: Catalog,
                      items: Sequence[tuple[str, str | None, str | None]], target: int
@@ -423,61 +464,119 @@ class Recommender:
     # ---- /v1/batch/score ----------------------------------------------------------------------------------
 
     def batch_lines(self, bundle: LoadedBundle, persons: Sequence[str], target: int, item_ids: list[str] | None,
-                    k: int | None, exclude_seen: bool, now: float | None) -> Iterator[bytes]:
+                    k: int | None, exclude_seen: bool, now: float | None, rules: Rules | None = None,
+                    variant: str | None = None, variants: Sequence[Variant] | None = None) -> Iterator[bytes]:
         """NDJSON lines, one per person in order, then a summary; `batch_chunk` persons at a time, so
-        memory stays bounded however many persons there are."""
+        memory stays bounded however many persons there are. `variants` (per person): each person is
+        scored with their variant's bundle and their line names it; else every person with `bundle`, lines
+        naming `variant` if given."""
         started = time.perf_counter()
-        catalog = bundle.catalog
-        models = bundle.models
         now_f = time.time() if now is None else float(now)
         degraded_any = False
-        if item_ids is not None:
-            item_rows = catalog.rows_of(item_ids)
-            item_vecs = catalog.vectors[item_rows]
+        catalogs: dict[int, Catalog] = {}  # per bundle, read once: one consistent table for the whole batch
+        names: dict[str, str] = {}
         for start in range(0, len(persons), self.batch_chunk):
-            chunk = persons[start:start + self.batch_chunk]
-            # Campaign reads do not write profiles back: 100k one-off persons would flush the Redis cache.
-            profiles, degraded = self.profiles.get(bundle, chunk, write_back=False)
-            degraded_any |= degraded
-            histories = [History.from_ids(catalog, p.item_ids, p.platforms, p.ts) for p in profiles]
-            queries = [Query(h, target, now_f, exclude_seen) for h in histories]
-            need = [i for i, p in enumerate(profiles) if target not in p.vecs]
-            u = np.zeros((len(chunk), catalog.dim), dtype=np.float32)
-            for i, p in enumerate(profiles):
-                if target in p.vecs:
-                    u[i] = p.vecs[target]
-            if need:
-                u[need] = user_vectors(models, catalog, [histories[i] for i in need], [target] * len(need))
-            lines = []
-            if item_ids is not None:
-                scores = score_items(models, catalog, queries, u, item_vecs, item_rows)
-                for i, p in enumerate(profiles):
-                    order = np.argsort(-scores[i], kind="stable")
-                    lines.append(_line(start + i, p.person, [(item_ids[j], float(scores[i, j])) for j in order],
-                                       not p.known))
-            else:
-                assert k is not None
-                with_hist = [i for i, h in enumerate(histories) if len(h)]
-                ranked = dict(zip(with_hist, rank(models, catalog, [queries[i] for i in with_hist],
-                                                  u[with_hist], max(models.retrieval_candidates, k)),
-                                  strict=True)) if with_hist else {}
-                for i, p in enumerate(profiles):
-                    r = ranked.get(i) or popular(catalog, target, k)
-                    lines.append(_line(start + i, p.person,
-                                       [(catalog.item_ids[row], float(s))
-                                        for row, s in zip(r.rows[:k].tolist(), r.scores[:k].tolist(),
-                                                          strict=True)],
-                                       not p.known or i not in ranked))
-            self.metrics.batch_rows.inc(len(chunk))
-            yield b"".join(lines)
+            groups: dict[int, tuple[LoadedBundle, str | None, list[int]]] = {}
+            for i in range(start, min(start + self.batch_chunk, len(persons))):
+                b, name = (variants[i].bundle, variants[i].name) if variants is not None else (bundle, variant)
+                groups.setdefault(id(b), (b, name, []))[2].append(i)
+            lines: dict[int, bytes] = {}
+            for b, name, idx in groups.values():
+                catalog = catalogs.setdefault(id(b), b.catalog)
+                if name is not None:
+                    names[name] = b.model_version
+                degraded_any |= self._batch_chunk(b, catalog, idx, [persons[i] for i in idx], target, item_ids, k,
+                                                  exclude_seen, now_f, rules, name, lines)
+            self.metrics.batch_rows.inc(len(lines))
+            yield b"".join(lines[i] for i in sorted(lines))
         summary = {"done": True, "rows": len(persons), "model_version": bundle.model_version,
                    "degraded": degraded_any, "took_ms": round((time.perf_counter() - started) * 1000, 3)}
+        if names:
+            summary["variants"] = names
         yield json.dumps(summary).encode() + b"\n"
 
+    def _batch_chunk(self, bundle: LoadedBundle, catalog: Catalog, index: list[int], chunk: Sequence[str],
+                     target: int, item_ids: list[str] | None, k: int | None, exclude_seen: bool, now_f: float,
+                     rules: Rules | None, variant: str | None, lines: dict[int, bytes]) -> bool:
+        """Score these persons (positions `index` of the request) into `lines`; whether Redis was down."""
+        models = bundle.models
+        # Campaign reads do not write profiles back: 100k one-off persons would flush the Redis cache.
+        profiles, degraded = self.profiles.get(bundle, chunk, write_back=False)
+        histories = [History.from_ids(catalog, p.item_ids, p.platforms, p.ts) for p in profiles]
+        bought = [_bought(catalog, rules, p, (), now_f) for p in profiles]
+        queries = [Query(h, target, now_f, exclude_seen, ex) for h, ex in zip(histories, bought, strict=True)]
+        need = [i for i, p in enumerate(profiles) if target not in p.vecs]
+        u = np.zeros((len(chunk), catalog.dim), dtype=np.float32)
+        for i, p in enumerate(profiles):
+            if target in p.vecs:
+                u[i] = p.vecs[target]
+        if need:
+            u[need] = user_vectors(models, catalog, [histories[i] for i in need], [target] * len(need))
+        allowed = allowed_mask(catalog, target, rules)
+        if item_ids is not None:
+            all_rows = catalog.rows_of(item_ids)
+            passing = _passing(catalog, all_rows, allowed, _NO_ROWS)
+            item_rows = all_rows[passing]
+            scores = score_items(models, catalog, [replace(q, exclude=_NO_ROWS) for q in queries], u,
+                                 catalog.vectors[item_rows], item_rows)
+            for i, p in enumerate(profiles):
+                order = np.argsort(-scores[i], kind="stable")
+                if len(bought[i]):
+                    order = order[~np.isin(item_rows[order], bought[i])]
+                if rules is not None and rules.caps:
+                    order = order[capped(catalog, item_rows[order], rules)]
+                lines[index[i]] = _line(index[i], p.person, [(item_ids[int(passing[j])], float(scores[i, j]))
+                                                             for j in order.tolist()], not p.known, variant)
+        else:
+            assert k is not None
+            n = max(models.retrieval_candidates, k, 3 * k if rules is not None and rules.caps else 0)
+            with_hist = [i for i, h in enumerate(histories) if len(h)]
+            ranked = dict(zip(with_hist, rank(models, catalog, [replace(queries[i], allowed=allowed)
+                                                                for i in with_hist], u[with_hist], n),
+                              strict=True)) if with_hist else {}
+            for i, p in enumerate(profiles):
+                r = ranked.get(i)
+                if r is None:
+                    depth = k * (10 if rules is not None and rules.caps else 1)
+                    r = popular(catalog, target, depth, bought[i], allowed)
+                r = diversify(catalog, r, k, rules)
+                lines[index[i]] = _line(index[i], p.person,
+                                        [(catalog.item_ids[row], float(sc))
+                                         for row, sc in zip(r.rows.tolist(), r.scores.tolist(), strict=True)],
+                                        not p.known or i not in ranked, variant)
+        return degraded
 
-def _line(index: int, person: str, scored: list[tuple[str, float]], cold: bool) -> bytes:
+
+def _bought(catalog: Catalog, rules: Rules | None, profile: Profile, context: Sequence[tuple], now: float
+            ) -> np.ndarray:
+    """Rows the person bought within the rules' window (their profile and the request's context events)."""
+    if rules is None or not rules.bought_days:
+        return _NO_ROWS
+    items = list(profile.item_ids) + [c[0] for c in context]
+    kinds = list(profile.event_types()) + [c[3] if len(c) > 3 else None for c in context]
+    ts = list(profile.ts) + [int(c[2]) for c in context]
+    return bought_rows(catalog, rules, items, kinds, ts, now)
+
+
+def _passing(catalog: Catalog, rows: np.ndarray, allowed: np.ndarray | None, bought: np.ndarray) -> np.ndarray:
+    """Positions of the given items that may be answered: free text (row -1) always; a catalog item when it is
+    available, allowed by the filters and not bought recently."""
+    ok = np.ones(len(rows), dtype=bool)
+    cat = rows >= 0
+    r = rows[cat]
+    keep = catalog.recommendable[r] if allowed is None else allowed[r]
+    if len(bought):
+        keep &= ~np.isin(r, bought)
+    ok[cat] = keep
+    return np.flatnonzero(ok)
+
+
+def _line(index: int, person: str, scored: list[tuple[str, float]], cold: bool, variant: str | None = None
+          ) -> bytes:
     row = {"index": index, "person_id": person, "items": [{"item_id": i, "score": s} for i, s in scored],
            "cold_start": cold}
+    if variant is not None:
+        row["variant"] = variant
     return json.dumps(row, separators=(",", ":")).encode() + b"\n"
 
 

@@ -10,19 +10,39 @@ always see a consistent table + index pair.
 
 The indexes come from the bundle (`contract.indexes`: built at export, read here, memory-mapped) or, for a
 bundle without index files, are built at load the same way.
+
+Business attributes (`category`, `brand`, a price, …) belong to rows too: a row's attributes never change
+(a changed item gets a new row), so their per-attribute columns, built on first use, carry over to the next
+catalog. An unavailable item (`available: false`) keeps its row (histories, /v1/rank by id) but is not
+*recommendable*: it is left out of its platform's index, the popular lists and the item-KNN candidates.
+
+Filtered search (`Catalog.search` with an `allowed` row mask): exact over the allowed rows when they are
+few (at most `filter_exact_max`), else the platform index searched for more than asked, growing the fetch
+until enough allowed rows are found or the platform is exhausted (`PlatformIndex.search`, `allowed`).
 """
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import faiss
 import numpy as np
 
 from contract.indexes import IndexParams, build_index, owned_copy
 
-__all__ = ["Catalog", "IndexParams", "PlatformIndex"]
+__all__ = ["AttributeColumn", "Catalog", "IndexParams", "PlatformIndex"]
+
+# An attribute's value: a string, or a number (compared as a float).
+Scalar = str | float
+Attributes = dict[str, Scalar]
+# Filtered searches with at most this many allowed rows are answered exactly, without the index.
+FILTER_EXACT_MAX = 20_000
+# A filtered index search first asks for this much more than (wanted / allowed share); then doubles.
+_OVERFETCH = 1.5
 
 
 class PlatformIndex:
@@ -65,6 +85,13 @@ class PlatformIndex:
         the change) are used when rebuilding is cheaper or needed."""
         remove = frozenset(int(r) for r in remove_rows)
         tombstones = self.tombstones | remove if self.kind == "hnsw" else frozenset()
+        if self.kind == "hnsw" and len(add_rows):
+            # A row hidden earlier (an item made unavailable) is still in the graph: show it again.
+            back = tombstones & frozenset(int(r) for r in add_rows)
+            if back:
+                tombstones -= back
+                keep = ~np.isin(add_rows, np.fromiter(back, dtype=np.int64, count=len(back)))
+                add_rows, add_vecs = add_rows[keep], add_vecs[keep]
         crosses = (len(all_rows) > self.params.hnsw_threshold) != (self.kind == "hnsw")
         if crosses or len(tombstones) * 4 > max(len(all_rows), 1):
             return PlatformIndex.build(self.dim, all_rows, all_vecs, self.params)
@@ -78,31 +105,113 @@ class PlatformIndex:
             faiss.downcast_index(index.index).hnsw.efSearch = self.params.hnsw_ef_search
         return PlatformIndex(index, self.kind, self.dim, tombstones, self.params)
 
-    def search(self, user_vecs: np.ndarray, n: int, exclude: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def search(self, user_vecs: np.ndarray, n: int, exclude: Sequence[np.ndarray],
+               allowed: np.ndarray | None = None, n_allowed: int | None = None) -> list[np.ndarray]:
         """Per query, up to `n` rows by descending inner product, `exclude[i]` and retired rows left out.
 
         One batched FAISS call asking for enough extra results to cover the largest exclusion list, so
         an exact index returns exactly the top `n` allowed rows.
+
+        `allowed` (a bool mask over catalog rows, the same for every query of the call; `n_allowed` of this
+        platform's indexed rows are True): only those rows. The search asks for about n / (allowed share)
+        results and doubles that for the queries still short of `n` until they have `n` or the whole
+        platform was fetched — an adaptive over-fetch, so a selective filter loses no recall to the index.
         """
         b = len(user_vecs)
         if b == 0 or self.index.ntotal == 0 or n <= 0:
             return [np.zeros(0, dtype=np.int64) for _ in range(b)]
         extra = max((len(e) for e in exclude), default=0) + len(self.tombstones)
-        k = min(int(self.index.ntotal), n + extra)
+        total = int(self.index.ntotal)
+        if allowed is None:
+            k = min(total, n + extra)
+        else:
+            share = max(n_allowed if n_allowed is not None else total, 1) / max(self.size, 1)
+            k = min(total, math.ceil((n + extra) / min(share, 1.0) * _OVERFETCH))
         # OpenMP's thread count belongs to each thread: the loader's setting does not reach the threads that
         # search (left at every core, a batched search would spin up threads that compete with the requests).
         if faiss.omp_get_max_threads() != self.params.search_threads:
             faiss.omp_set_num_threads(self.params.search_threads)
-        _, ids = self.index.search(np.ascontiguousarray(user_vecs, dtype=np.float32), k)
-        out = []
         dead = np.fromiter(self.tombstones, dtype=np.int64, count=len(self.tombstones))
-        for i in range(b):
-            got = ids[i][ids[i] >= 0]
-            drop = np.concatenate([np.asarray(exclude[i], dtype=np.int64), dead]) if len(dead) else exclude[i]
-            if len(drop):
-                got = got[~np.isin(got, drop)]
-            out.append(got[:n])
+        out: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * b
+        todo = list(range(b))
+        while todo:
+            x = np.ascontiguousarray(user_vecs[todo], dtype=np.float32)
+            if self.kind == "hnsw" and k > self.params.hnsw_ef_search:
+                # FAISS's HNSW explores efSearch candidates whatever k is: asked for more, it must explore more.
+                _, ids = self.index.search(x, k, params=faiss.SearchParametersHNSW(efSearch=k))
+            else:
+                _, ids = self.index.search(x, k)
+            short = []
+            for j, i in enumerate(todo):
+                got = ids[j][ids[j] >= 0]
+                if allowed is not None:
+                    got = got[allowed[got]]
+                drop = np.concatenate([np.asarray(exclude[i], dtype=np.int64), dead]) if len(dead) else exclude[i]
+                if len(drop):
+                    got = got[~np.isin(got, drop)]
+                out[i] = got[:n]
+                if allowed is not None and len(got) < n and k < total:
+                    short.append(i)
+            todo, k = short, min(total, 2 * k)
         return out
+
+
+class AttributeColumn:
+    """One attribute over every catalog row: a code per row for string values (-1: none) with their
+    vocabulary, and the value per row for numbers (NaN: none). Immutable; changes make a new one."""
+
+    __slots__ = ("codes", "numbers", "vocab")
+
+    def __init__(self, codes: np.ndarray, vocab: dict[str, int], numbers: np.ndarray) -> None:
+        self.codes = codes
+        self.vocab = vocab
+        self.numbers = numbers
+
+    @classmethod
+    def of(cls, name: str, attributes: Sequence[Attributes | None], n_rows: int) -> AttributeColumn:
+        empty = cls(np.full(0, -1, dtype=np.int32), {}, np.zeros(0, dtype=np.float64))
+        return empty.with_rows(name, np.arange(n_rows), [attributes[r] if r < len(attributes) else None
+                                                         for r in range(n_rows)], n_rows)
+
+    def with_rows(self, name: str, rows: np.ndarray, attrs: Sequence[Attributes | None], n_rows: int
+                  ) -> AttributeColumn:
+        """A copy grown to `n_rows` rows (new rows: none) with `rows` set from `attrs`."""
+        n0 = len(self.codes)
+        codes = np.concatenate([self.codes, np.full(n_rows - n0, -1, dtype=np.int32)])
+        numbers = np.concatenate([self.numbers, np.full(n_rows - n0, np.nan)])
+        vocab = self.vocab
+        for row, a in zip(np.asarray(rows).tolist(), attrs, strict=True):
+            v = None if a is None else a.get(name)
+            codes[row], numbers[row] = -1, np.nan
+            if isinstance(v, str):
+                code = vocab.get(v)
+                if code is None:
+                    if vocab is self.vocab:
+                        vocab = dict(vocab)
+                    code = vocab[v] = len(vocab)
+                codes[row] = code
+            elif isinstance(v, int | float) and not isinstance(v, bool):
+                numbers[row] = float(v)
+        return AttributeColumn(codes, vocab, numbers)
+
+    def matches(self, values: Sequence[Scalar] | None, lo: float | None, hi: float | None) -> np.ndarray:
+        """bool per row: the value is one of `values` (strings exactly, numbers numerically), or, with no
+        `values`, a number within [lo, hi] (either bound may be open)."""
+        if values is not None:
+            strings = [self.vocab[v] for v in values if isinstance(v, str) and v in self.vocab]
+            mask = np.isin(self.codes, np.asarray(strings, dtype=np.int32)) if strings else np.zeros(
+                len(self.codes), dtype=bool)
+            nums = [float(v) for v in values if not isinstance(v, str)]
+            if nums:
+                mask |= np.isin(self.numbers, np.asarray(nums, dtype=np.float64))
+            return mask
+        mask = ~np.isnan(self.numbers)
+        with np.errstate(invalid="ignore"):
+            if lo is not None:
+                mask &= self.numbers >= lo
+            if hi is not None:
+                mask &= self.numbers <= hi
+        return mask
 
 
 @dataclass(frozen=True)
@@ -118,14 +227,29 @@ class Catalog:
     row_of: dict[str, int]  # item id → its live (or last) row
     indexes: dict[int, PlatformIndex]
     max_popularity: dict[int, float]  # per platform, as in training (at least 1)
-    popular: dict[int, np.ndarray]  # per platform: live rows by popularity, most popular first
+    popular: dict[int, np.ndarray]  # per platform: recommendable rows by popularity, most popular first
     version: int = 0  # bumped by every change: cached rankings from an older catalog are stale
     params: IndexParams = field(default_factory=IndexParams)
+    attributes: list[Attributes | None] = field(default_factory=list)  # per row (shorter: none)
+    available: np.ndarray | None = None  # bool [n_rows]; None: every row
+    filter_exact_max: int = FILTER_EXACT_MAX
+    # live & available: what may be recommended (in the index, popular lists, item-KNN candidates)
+    recommendable: np.ndarray = field(init=False, repr=False, compare=False)
+    _columns: dict[str, AttributeColumn] = field(default_factory=dict, repr=False, compare=False)
+    # Derived from this catalog and kept with it (e.g. a filter's row mask): a changed catalog starts empty.
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ok = self.live if self.available is None else self.live & self.available
+        object.__setattr__(self, "recommendable", ok)
 
     @classmethod
     def build(cls, item_ids: list[str], platform: np.ndarray, titles: list[str], vectors: np.ndarray,
               popularity: np.ndarray, n_platforms: int, params: IndexParams,
-              indexes: dict[int, PlatformIndex] | None = None) -> Catalog:
+              indexes: dict[int, PlatformIndex] | None = None,
+              attributes: list[Attributes | None] | None = None,
+              filter_exact_max: int = FILTER_EXACT_MAX) -> Catalog:
         """The catalog with `indexes` (read from the bundle), building those of platforms it lacks."""
         live = np.ones(len(item_ids), dtype=bool)
         dim = vectors.shape[1]
@@ -137,7 +261,9 @@ class Catalog:
         max_pop = {p: float(popularity[platform == p].max(initial=1)) for p in range(n_platforms)}
         return cls(item_ids, platform, titles, vectors, popularity, live,
                    {item: i for i, item in enumerate(item_ids)}, indexes, max_pop,
-                   _popular(platform, popularity, live, n_platforms), 0, params)
+                   _popular(platform, popularity, live, n_platforms), 0, params,
+                   attributes=list(attributes) if attributes is not None else [],
+                   filter_exact_max=filter_exact_max)
 
     @property
     def dim(self) -> int:
@@ -152,44 +278,132 @@ class Catalog:
         row = self.row_of.get(item_id)
         return row is not None and bool(self.live[row])
 
+    def is_available(self, row: int) -> bool:
+        return self.available is None or bool(self.available[row])
+
+    def attributes_of(self, row: int) -> Attributes | None:
+        return self.attributes[row] if row < len(self.attributes) else None
+
+    def column(self, name: str) -> AttributeColumn:
+        """The attribute over every row (built on first use, then kept with this catalog)."""
+        col = self._columns.get(name)
+        if col is None:
+            with self._lock:
+                col = self._columns.get(name)
+                if col is None:
+                    col = self._columns[name] = AttributeColumn.of(name, self.attributes, len(self.item_ids))
+        return col
+
     def index_sizes(self) -> dict[int, int]:
         return {p: idx.size for p, idx in self.indexes.items()}
 
-    def with_changes(self, upserts: Sequence[tuple[str, int, str, np.ndarray]], deletes: Sequence[str]
-                     ) -> Catalog:
+    def search(self, target: int, user_vecs: np.ndarray, n: int, exclude: Sequence[np.ndarray],
+               allowed: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        """The target platform's top `n` rows per query (`PlatformIndex.search`); `allowed[i]` (a bool mask
+        over rows, recommendable target rows only) restricts query i: answered exactly over the allowed rows
+        when there are at most `filter_exact_max` of them, else by the index with an adaptive over-fetch."""
+        index = self.indexes[target]
+        if allowed is None or all(a is None for a in allowed):
+            return index.search(user_vecs, n, exclude)
+        out: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(user_vecs)
+        groups: dict[int, list[int]] = {}
+        for i, a in enumerate(allowed):
+            groups.setdefault(-1 if a is None else id(a), []).append(i)
+        for key, idx in groups.items():
+            if key == -1:
+                found = index.search(user_vecs[idx], n, [exclude[i] for i in idx])
+            else:
+                mask = allowed[idx[0]]
+                assert mask is not None
+                rows = np.flatnonzero(mask)
+                if len(rows) <= self.filter_exact_max:
+                    found = [self._exact(rows, user_vecs[i], n, exclude[i]) for i in idx]
+                else:
+                    found = index.search(user_vecs[idx], n, [exclude[i] for i in idx], mask, len(rows))
+            for i, rows_i in zip(idx, found, strict=True):
+                out[i] = rows_i
+        return out
+
+    def _exact(self, rows: np.ndarray, user_vec: np.ndarray, n: int, exclude: np.ndarray) -> np.ndarray:
+        """The top `n` of `rows` by inner product with `user_vec` (ties: lower row first), `exclude` left out."""
+        if len(exclude):
+            rows = rows[~np.isin(rows, exclude)]
+        if not len(rows) or n <= 0:
+            return np.zeros(0, dtype=np.int64)
+        scores = self.vectors[rows] @ np.asarray(user_vec, dtype=np.float32)
+        if len(rows) > n:
+            top = np.argpartition(-scores, n - 1)[:n]
+            rows, scores = rows[top], scores[top]
+        return rows[np.lexsort((rows, -scores))].astype(np.int64)
+
+    def with_changes(self, upserts: Sequence[tuple[str, int, str, np.ndarray]], deletes: Sequence[str],
+                     updates: Sequence[tuple[str, Attributes | None, bool]] = (),
+                     upsert_attributes: Sequence[tuple[Attributes | None, bool]] | None = None) -> Catalog:
         """A new catalog: `upserts` (item_id, platform, title, unit vector) get new rows, replacing any
-        live row of the same id; `deletes` retire their rows. Unknown deletes are ignored."""
+        live row of the same id, with `upsert_attributes[i]` (attributes, available; default: none,
+        available); `deletes` retire their rows; `updates` (item_id, attributes, available) change a live
+        row's attributes and availability in place (its vector, title and item-KNN row stay). Unknown
+        deletes and updates are ignored."""
         n0 = len(self.item_ids)
         item_ids, titles = list(self.item_ids), list(self.titles)
+        attributes = list(self.attributes) + [None] * (n0 - len(self.attributes))
         row_of = dict(self.row_of)
         live = self.live.copy()
+        available = np.ones(n0, dtype=bool) if self.available is None else self.available.copy()
+        indexed = self.recommendable  # the rows in the platform indexes
         retired: dict[int, list[int]] = {}
+        added: dict[int, list[int]] = {}
+        changed: list[int] = []
         for item in [u[0] for u in upserts] + list(deletes):
             row = row_of.get(item)
             if row is not None and live[row]:
                 live[row] = False
-                retired.setdefault(int(self.platform[row]), []).append(row)
+                if indexed[row]:
+                    retired.setdefault(int(self.platform[row]), []).append(row)
+        for item, attrs, ok in updates:
+            row = row_of.get(item)
+            if row is None or not live[row]:
+                continue
+            attributes[row] = attrs
+            changed.append(row)
+            if bool(ok) != bool(available[row]):
+                available[row] = ok
+                (added if ok else retired).setdefault(int(self.platform[row]), []).append(row)
         new_platform = np.array([u[1] for u in upserts], dtype=np.int64)
         new_vecs = (np.stack([u[3] for u in upserts]).astype(np.float32) if upserts
                     else np.zeros((0, self.dim), dtype=np.float32))
-        for i, (item, _, title, _) in enumerate(upserts):
+        extra = list(upsert_attributes) if upsert_attributes is not None else [(None, True)] * len(upserts)
+        for i, ((item, _, title, _), (attrs, ok)) in enumerate(zip(upserts, extra, strict=True)):
             item_ids.append(item)
             titles.append(title)
+            attributes.append(attrs)
             row_of[item] = n0 + i
+            changed.append(n0 + i)
+            if ok:
+                added.setdefault(int(new_platform[i]), []).append(n0 + i)
         platform = np.concatenate([self.platform, new_platform])
         vectors = np.concatenate([self.vectors, new_vecs])
         popularity = np.concatenate([self.popularity, np.zeros(len(upserts))])
         live = np.concatenate([live, np.ones(len(upserts), dtype=bool)])
+        available = np.concatenate([available, np.array([ok for _, ok in extra], dtype=bool)])
+        recommendable = live & available
         indexes = dict(self.indexes)
-        for p in set(retired) | set(new_platform.tolist()):
-            added = n0 + np.flatnonzero(new_platform == p)
-            all_rows = np.flatnonzero((platform == p) & live)
-            indexes[p] = self.indexes[p].with_changes(added, vectors[added], retired.get(p, []),
+        for p in set(retired) | set(added):
+            add = np.asarray(added.get(p, []), dtype=np.int64)
+            all_rows = np.flatnonzero((platform == p) & recommendable)
+            indexes[p] = self.indexes[p].with_changes(add, vectors[add], retired.get(p, []),
                                                       all_rows, vectors[all_rows])
         n_platforms = len(self.indexes)
-        return Catalog(item_ids, platform, titles, vectors, popularity, live, row_of, indexes,
-                       self.max_popularity, _popular(platform, popularity, live, n_platforms),
-                       self.version + 1, self.params)
+        rows = np.asarray(changed, dtype=np.int64)
+        new = Catalog(item_ids, platform, titles, vectors, popularity, live, row_of, indexes,
+                      self.max_popularity, _popular(platform, popularity, recommendable, n_platforms),
+                      self.version + 1, self.params, attributes=attributes,
+                      available=None if available.all() else available, filter_exact_max=self.filter_exact_max)
+        with self._lock:  # the columns built so far, brought up to date (rows only grow or change in place)
+            columns = dict(self._columns)
+        for name, col in columns.items():
+            new._columns[name] = col.with_rows(name, rows, [attributes[r] for r in changed], len(item_ids))
+        return new
 
 
 def _popular(platform: np.ndarray, popularity: np.ndarray, live: np.ndarray, n_platforms: int

@@ -1,7 +1,13 @@
 """Everything the service holds between requests, created once in the FastAPI lifespan.
 
-`bundle` is the one reference a reload swaps: a request reads it once (`require_bundle`) and keeps
-that bundle to the end, so a reload never fails or mixes an in-flight request.
+`served` (the variants and their split; `bundle` is its first variant's) is the one reference a reload
+swaps: a request reads it once (`require_served`, `require_bundle`) and keeps that bundle to the end, so a
+reload never fails or mixes an in-flight request.
+
+A/B variants (XREC_VARIANTS): every variant's bundle is loaded, each with its own catalog, caches keyed by
+its model version and Redis profiles; events are ingested once (the first variant builds the profiles, the
+others rebuild theirs from the same Redis events on the next request) and end every variant's cached lists;
+catalog changes go to every variant's catalog.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.core.config import Settings
+from app.core.config import DEFAULT_VARIANT, Settings, VariantSpec
 from app.core.metrics import Metrics
 from app.services.bus import Bus
 from app.services.cache import RankedCache
@@ -24,6 +30,7 @@ from app.services.model_bundle import LoadedBundle, load_bundle
 from app.services.profiles import IngestOutcome, ProfileStore
 from app.services.recommender import Recommender
 from app.services.redis_store import Keys, RedisGuard, RedisUnavailable, make_client
+from app.services.variants import Served, Split, Variant
 from contract.bundle import BundleError
 from contract.ids import account_key
 
@@ -51,7 +58,8 @@ class ServiceState:
         self.bus.on_subscribed = self.profiles.sync_evented
         self.bus.on_lost = self.profiles.evented.distrust
         self.guard.on_recover.append(self._resync)
-        self.bundle: LoadedBundle | None = None
+        self.bundle: LoadedBundle | None = None  # the first variant's (the only one without XREC_VARIANTS)
+        self.served: Served | None = None
         self.load_error: str | None = None
         self._reload_lock = threading.Lock()
         self._replay_lock = threading.Lock()
@@ -64,9 +72,13 @@ class ServiceState:
             self.guard.load_scripts()
         self.recommender.start()
         self.bus.start()
-        if self.settings.bundle_dir is not None:
+        if self.settings.variants or self.settings.bundle_dir is not None:
             try:
-                self.load(self.settings.bundle_dir)
+                if self.settings.variants:
+                    self.load_variants()
+                else:
+                    assert self.settings.bundle_dir is not None
+                    self.load(self.settings.bundle_dir)
             except BundleError as e:
                 # Stay up without a bundle: /readyz says why (503) and /v1/admin/reload can fix it.
                 self.load_error = str(e)
@@ -83,43 +95,76 @@ class ServiceState:
             raise NoBundle("no bundle loaded")
         return bundle
 
+    def require_served(self) -> Served:
+        served = self.served
+        if served is None:
+            raise NoBundle("no bundle loaded")
+        return served
+
+    def bundles(self) -> list[LoadedBundle]:
+        served = self.served
+        return served.bundles() if served is not None else []
+
     def load(self, path: Path) -> LoadedBundle:
-        """Load fully (catalog changes re-applied, event log replayed), then swap. Raises BundleError."""
+        """Serve this one bundle (the variant "default"): load fully (catalog changes re-applied, event log
+        replayed), then swap. Raises BundleError."""
+        return self._serve([VariantSpec(name=DEFAULT_VARIANT, bundle_dir=path, share=1.0)]).primary
+
+    def load_variants(self, specs: list[VariantSpec] | None = None) -> Served:
+        """Serve the A/B variants (default: XREC_VARIANTS), all loaded before any is swapped in."""
+        return self._serve(specs or self.settings.variants)
+
+    def _serve(self, specs: list[VariantSpec]) -> Served:
         with self._reload_lock:
             started = time.perf_counter()
-            previous = self.bundle
+            previous = self.bundles()
             try:
-                bundle = load_bundle(path, self.settings)
-                self.catalog.replay(bundle)
+                bundles = []
+                for spec in specs:
+                    bundle = load_bundle(spec.bundle_dir, self.settings)
+                    self.catalog.replay(bundle)
+                    bundles.append(bundle)
+                platforms = {tuple(b.platforms) for b in bundles}
+                if len(platforms) > 1:
+                    raise BundleError("the variants' bundles must serve the same platforms, in the same order: "
+                                      + "; ".join(f"{s.name}: {b.platforms}" for s, b in zip(specs, bundles,
+                                                                                             strict=True)))
             except Exception:
                 self.metrics.reloads.inc(result="failed")
                 raise
-            self.bundle = bundle
+            split = Split([s.share for s in specs], self.settings.variant_salt.get_secret_value())
+            served = Served(tuple(Variant(s.name, share, b) for s, share, b in zip(specs, split.shares, bundles,
+                                                                                   strict=True)), split)
+            self.served, self.bundle = served, served.primary
             self.load_error = None
             self.ranked.clear()
             self.metrics.reloads.inc(result="ok")
-            if previous is not None:
-                self.metrics.model_info.set(0, model_version=previous.model_version, provider=previous.provider)
-            self.metrics.model_info.set(1, model_version=bundle.model_version, provider=bundle.provider)
-            log.info("serving model %s (%.1fs)", bundle.model_version, time.perf_counter() - started)
+            for b in previous:
+                self.metrics.model_info.set(0, model_version=b.model_version, provider=b.provider)
+            for v in served.variants:
+                self.metrics.model_info.set(1, model_version=v.bundle.model_version, provider=v.bundle.provider)
+                self.metrics.variant_share.set(v.share, variant=v.name, model_version=v.bundle.model_version)
+            many = len(served.variants) > 1
+            log.info("serving %s (%.1fs)", ", ".join(f"model {v.bundle.model_version}"
+                                                     + (f" (variant {v.name}, {v.share:.0%})" if many else "")
+                                                     for v in served.variants), time.perf_counter() - started)
         self.replay_event_log()
-        return bundle
+        return served
 
     # ---- events ---------------------------------------------------------------------------------------------
 
-    def ingest(self, bundle: LoadedBundle, raw: Sequence[tuple[str, str, str, str, str, int]]
-               ) -> tuple[IngestOutcome, int]:
-        """(event_id, platform, account_id, item_id, event, ts) → durable log (fsync) → profiles → caches.
-        Returns the outcome and how many events name items the catalog does not have."""
+    def ingest(self, bundle: LoadedBundle, raw: Sequence[tuple]) -> tuple[IngestOutcome, int]:
+        """(event_id, platform, account_id, item_id, event, ts[, variant]) → durable log (fsync) → profiles →
+        caches. Returns the outcome and how many events name items the catalog does not have."""
         salt = self.settings.id_salt.get_secret_value()
         now = time.time()
         events = []
-        for i, (event_id, platform, account, item_id, event, ts) in enumerate(raw):
+        for i, (event_id, platform, account, item_id, event, ts, *more) in enumerate(raw):
             self.recommender.platform_id(bundle, platform, ("body", "events", i, "platform"))
             check_item_platform(bundle, item_id, platform, ("body", "events", i, "item_id"))
             person = self.recommender.resolve_person(bundle, None, account, platform)
             events.append(LoggedEvent(event_id, platform, account, account_key(salt, platform, account), person,
-                                      item_id, event, int(ts), now))
+                                      item_id, event, int(ts), now, more[0] if more else None))
         # Durable before anything else: an acknowledged event must survive a crash and a Redis loss.
         path, start, end = self.event_log.write(events)
         outcome = self.profiles.ingest(bundle, events)
@@ -134,8 +179,13 @@ class ServiceState:
     def _invalidate(self, bundle: LoadedBundle, persons: Sequence[str]) -> None:
         if not persons:
             return
-        for p in persons:
-            self.ranked.invalidate_person(bundle.model_version, p, len(bundle.platforms))
+        for b in self.bundles() or [bundle]:  # every variant's cached lists
+            for p in persons:
+                self.ranked.invalidate_person(b.model_version, p, len(b.platforms))
+        for b in self.bundles():
+            if b is not bundle:  # built by `bundle` only; the others rebuild from Redis, or the snapshot
+                for p in persons:
+                    self.profiles.local.pop((b.model_version, p))
         self.bus.publish("person", p=list(persons))
 
     def _advance(self, file_name: str, start: int, end: int) -> None:
@@ -177,7 +227,8 @@ class ServiceState:
                     new = self.profiles.append_events(batch)
                     persons = list(dict.fromkeys(e.person for e in new))
                     if persons:
-                        stale = [self.keys.profile(bundle.model_version, p) for p in persons]
+                        stale = [self.keys.profile(b.model_version, p) for b in self.bundles() or [bundle]
+                                 for p in persons]
                         self.guard.run(lambda r, ks=stale: r.delete(*ks))
                         self._invalidate(bundle, persons)
                     applied += len(new)
@@ -193,11 +244,24 @@ class ServiceState:
 
     # ---- catalog --------------------------------------------------------------------------------------------
 
-    def upsert_items(self, bundle: LoadedBundle, items: Sequence[tuple[str, str, str]]) -> int:
-        for i, (_, platform, _) in enumerate(items):
+    def upsert_items(self, bundle: LoadedBundle,
+                     items: Sequence[tuple[str, str, str, dict[str, str | float] | None, bool | None]]) -> int:
+        """(item_id, platform, title, attributes, available) → every variant's catalog; attributes or
+        availability left out (None) keep the item's current ones (a new item: none, available). The change
+        is recorded with the resolved values, so a replay restores the item as it is now."""
+        catalog = bundle.catalog
+        changes = []
+        for i, (item_id, platform, title, attributes, available) in enumerate(items):
             self.recommender.platform_id(bundle, platform, ("body", "items", i, "platform"))
-        changes = [CatalogChange("upsert", item_id, platform, title) for item_id, platform, title in items]
-        version = self.catalog.apply(bundle, changes)
+            row = catalog.row_of.get(item_id)
+            current = row is not None and bool(catalog.live[row])
+            if attributes is None and current:
+                attributes = catalog.attributes_of(row)  # type: ignore[arg-type]
+            if available is None:
+                available = catalog.is_available(row) if current else True  # type: ignore[arg-type]
+            changes.append(CatalogChange("upsert", item_id, platform, title, attributes=attributes,
+                                         available=available))
+        version = self._apply_everywhere(bundle, changes)
         self.catalog.record(changes)
         self.bus.publish("catalog", ids=[c.item_id for c in changes])
         return version
@@ -207,9 +271,17 @@ class ServiceState:
         if not bundle.catalog.is_live(item_id):
             return None
         change = CatalogChange("delete", item_id)
-        version = self.catalog.apply(bundle, [change])
+        version = self._apply_everywhere(bundle, [change])
         self.catalog.record([change])
         self.bus.publish("catalog", ids=[item_id])
+        return version
+
+    def _apply_everywhere(self, bundle: LoadedBundle, changes: list[CatalogChange]) -> int:
+        """Apply to `bundle` and every other variant; `bundle`'s new catalog version."""
+        version = self.catalog.apply(bundle, changes)
+        for other in self.bundles():
+            if other is not bundle:
+                self.catalog.apply(other, changes)
         return version
 
     # ---- messages from other replicas, recovery ---------------------------------------------------------
@@ -217,18 +289,16 @@ class ServiceState:
     def _on_person_message(self, message: dict) -> None:
         persons = message.get("p", [])
         self.profiles.evented.add(persons)  # before the invalidation: a request after it asks Redis
-        bundle = self.bundle
-        if bundle is None:
-            return
-        for p in persons:
-            self.ranked.invalidate_person(bundle.model_version, p, len(bundle.platforms))
-            self.profiles.local.pop((bundle.model_version, p))
+        for bundle in self.bundles():
+            for p in persons:
+                self.ranked.invalidate_person(bundle.model_version, p, len(bundle.platforms))
+                self.profiles.local.pop((bundle.model_version, p))
 
     def _on_catalog_message(self, message: dict) -> None:
-        bundle = self.bundle
-        if bundle is not None:
+        bundles = self.bundles()
+        if bundles:
             changes = self.catalog.stored(message.get("ids", []))
-            if changes:
+            for bundle in bundles if changes else []:
                 self.catalog.apply(bundle, changes)
 
     def _resync(self) -> None:

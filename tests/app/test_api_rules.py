@@ -146,7 +146,8 @@ def test_health_ready_and_no_bundle(client: TestClient, redis_prefix: str, tmp_p
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready == {"status": "ready", "model_version": "tiny-0", "execution_provider": "CPUExecutionProvider",
-                     "redis": "up", "items": 60, "platforms": ["grocery", "kitchen"]}
+                     "redis": "up", "items": 60, "platforms": ["grocery", "kitchen"],
+                     "variants": [{"name": "default", "model_version": "tiny-0", "share": 1.0}]}
     with running(make_settings(None, redis_prefix, tmp_path / "ev")) as c:
         assert c.get("/healthz").status_code == 200
         r = c.get("/readyz")
@@ -168,9 +169,11 @@ def test_metrics_text_has_the_named_series(client: TestClient, settings: Setting
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = r.text
     for needle in [
-        'xrec_http_request_duration_seconds_bucket{method="POST",route="/v1/recommend",le="0.005"}',
-        'xrec_http_request_duration_seconds_count{method="POST",route="/v1/recommend"} 2',
-        'xrec_http_requests_total{method="POST",route="/v1/recommend",status="200"} 2',
+        'xrec_http_request_duration_seconds_bucket{method="POST",route="/v1/recommend",variant="default",le="0.005"}',
+        'xrec_http_request_duration_seconds_count{method="POST",route="/v1/recommend",variant="default"} 2',
+        'xrec_http_requests_total{method="POST",route="/v1/recommend",variant="default",status="200"} 2',
+        'xrec_http_requests_total{method="POST",route="/v1/batch/score",variant="default",status="200"} 1',
+        'xrec_variant_share{variant="default",model_version="tiny-0"} 1',
         'xrec_ranked_cache_requests_total{result="hit"} 1',
         'xrec_ranked_cache_requests_total{result="miss"} 1',
         "xrec_redis_errors_total 0",

@@ -125,8 +125,8 @@ def test_a_failure_inside_the_batch_stream_ends_it_with_an_error_line(client: Te
     assert last.error.type == "internal_error" and last.error.loc == ["body", "persons", 2]
     assert "int too large" not in last.error.msg  # the internal reason stays in the server log
     metrics = client.get("/metrics").text
-    assert 'xrec_http_requests_total{method="POST",route="/v1/batch/score",status="500"} 1' in metrics
-    assert 'route="/v1/batch/score",status="200"' not in metrics
+    assert 'xrec_http_requests_total{method="POST",route="/v1/batch/score",variant="default",status="500"} 1' in metrics
+    assert 'route="/v1/batch/score",variant="default",status="200"' not in metrics
 
 
 # ---- items of another platform -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ router = APIRouter(tags=["events"], dependencies=[WriteAuth],
 def ingest_events(body: EventsRequest, bundle: BundleDep, state: StateDep) -> EventsResponse:
     """Idempotent by `event_id`. Acknowledged = durable: appended and fsync'd to the event log before
     anything else, then applied to the persons' profiles in Redis (user vectors recomputed)."""
-    outcome, unknown = state.ingest(bundle, [(e.event_id, e.platform, e.account_id, e.item_id, e.event, e.ts)
-                                             for e in body.events])
+    outcome, unknown = state.ingest(bundle, [(e.event_id, e.platform, e.account_id, e.item_id, e.event, e.ts,
+                                              e.variant) for e in body.events])
     return EventsResponse(accepted=outcome.accepted, duplicates=outcome.duplicates, unknown_items=unknown,
                           persons=len(outcome.persons), degraded=outcome.degraded)

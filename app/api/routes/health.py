@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from app.api.deps import StateDep
 from app.api.errors import without_server_paths
-from app.schemas import Health, Ready
+from app.schemas import Health, Ready, VariantInfo
 
 router = APIRouter(tags=["health"])
 
@@ -26,8 +26,13 @@ def readyz(state: StateDep) -> JSONResponse:
     bundle = state.bundle
     if bundle is None:
         # Unauthenticated: the reason, without absolute server paths (the log has them).
-        why = state.load_error and without_server_paths(state.load_error, *filter(None, [state.settings.bundle_dir]))
+        folders = [state.settings.bundle_dir, *(v.bundle_dir for v in state.settings.variants)]
+        why = state.load_error and without_server_paths(state.load_error, *filter(None, folders))
         return JSONResponse(Ready(status="no bundle", redis=redis, detail=why).model_dump(), status_code=503)
+    served = state.served
+    variants = ([VariantInfo(name=v.name, model_version=v.bundle.model_version, share=round(v.share, 6))
+                 for v in served.variants] if served is not None else [])
     ready = Ready(status="ready", model_version=bundle.model_version, execution_provider=bundle.provider,
-                  redis=redis, items=sum(bundle.catalog.index_sizes().values()), platforms=bundle.platforms)
+                  redis=redis, items=sum(bundle.catalog.index_sizes().values()), platforms=bundle.platforms,
+                  variants=variants)
     return JSONResponse(ready.model_dump(exclude_none=True))

@@ -16,8 +16,12 @@ router = APIRouter(tags=["items"], dependencies=[WriteAuth], responses=error_res
 @router.put("/v1/items", response_model=ItemsResponse, responses=error_responses(*BODY_ERRORS))
 def upsert_items(body: ItemsRequest, bundle: BundleDep, state: StateDep) -> ItemsResponse:
     """Embed each item's text with the bundle's item encoder and put it in its platform's index; it can
-    be recommended from the next request on. An existing id is replaced."""
-    version = state.upsert_items(bundle, [(i.item_id, i.platform, i.title) for i in body.items])
+    be recommended from the next request on. An existing id is replaced; one whose title and platform stay
+    the same keeps its vector and only changes its `attributes` / `available` (left out: kept as they are).
+    `available: false` hides the item from recommendations, /v1/rank and batch scoring (it stays in
+    histories). With A/B variants, every variant's catalog changes."""
+    version = state.upsert_items(bundle, [(i.item_id, i.platform, i.title, i.attributes, i.available)
+                                          for i in body.items])
     return ItemsResponse(upserted=len(body.items), catalog_version=version, model_version=bundle.model_version)
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from app.api.deps import AllPlatformReasons, BundleDep, ReadAuth, StateDep
+from app.api.deps import AllPlatformReasons, ReadAuth, ServedDep, StateDep
 from app.api.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
+from app.api.middleware import VARIANT
 from app.schemas import RankRequest, RankResponse
 from app.services.errors import InputError
 from app.services.model_bundle import LoadedBundle
@@ -16,14 +17,22 @@ router = APIRouter(tags=["rank"], dependencies=[ReadAuth], responses=error_respo
 
 
 @router.post("/v1/rank", response_model=RankResponse)
-def rank_items(body: RankRequest, bundle: BundleDep, state: StateDep, all_reasons: AllPlatformReasons) -> RankResponse:
+def rank_items(body: RankRequest, request: Request, served: ServedDep, state: StateDep,
+               all_reasons: AllPlatformReasons) -> RankResponse:
+    """The given items, best first, for one person. Catalog items that are unavailable, fail `filters`,
+    were bought within `diversity.exclude_bought_days` or are over a `diversity.max_per_value` cap are left
+    out and listed in `filtered_out`; items given by text alone are ranked as given. A/B variants: the
+    person's variant answers (`variant`)."""
     started = time.perf_counter()
     rec = state.recommender
-    target, person = rec.resolve_request(bundle, body)
+    variant, target, person = rec.resolve_variant(served, body)
+    request.scope[VARIANT] = variant.name
+    bundle = variant.bundle
     _check_catalog_items(bundle, body)
     out = rec.rank_items(bundle, person, target, [(i.item_id, i.title, i.platform) for i in body.items],
-                         [(e.item_id, e.platform, e.ts) for e in body.context_events], body.now_ts, all_reasons)
-    return RankResponse(**out, took_ms=round((time.perf_counter() - started) * 1000, 3))
+                         [(e.item_id, e.platform, e.ts, e.event) for e in body.context_events], body.now_ts,
+                         all_reasons, rec.rules(body))
+    return RankResponse(**out, variant=variant.name, took_ms=round((time.perf_counter() - started) * 1000, 3))
 
 
 def _check_catalog_items(bundle: LoadedBundle, body: RankRequest) -> None:
