@@ -62,7 +62,7 @@ def valid_choice(checkpoint: Path) -> str:
     parts = [f"**On valid** — {cmp['line']}."]
     if nb:
         parts.append(f"Neighbour table: {nb['chosen']}, recency decay {nb['decay']}.")
-    if sc.get("start"):
-        kept = "" if sc.get("improved") else " (training did not beat it)"
-        parts.append(f"Scorer started from: {sc['start']}{kept}.")
+    if sc.get("start"):  # "trained", or the fixed ranking it ships instead
+        parts.append("Scorer: trained." if sc.get("improved") else
+                     f"Scorer: ranks as {sc['start']} (the trained one did not beat it on valid).")
     return " ".join(parts)
