@@ -97,7 +97,7 @@ def test_a_baseline_that_wins_on_valid_is_what_ships(demo_ds, tmp_path, tiny_tex
     """One step of two-tower training leaves retrieval near random: the neighbour table wins on valid, the
     scorer ships it (nothing trained beats it), and the final ranking is that baseline's on valid."""
     cfg = TrainConfig(dataset=demo_ds, out=tmp_path / "weak", epochs=1, max_steps=1, batch_tokens=64,
-                      scorer_epochs=0, text_cache=tmp_path / "cache", knn_candidates=20, candidates=20,
+                      scorer_epochs=0, text_cache=tmp_path / "cache", knn_candidates=20, candidates=20, ease_lambda=500,
                       model=ModelConfig(dim=16, n_layers=1, text_model=tiny_text_model))
     log = torch.load(train(cfg), weights_only=False)["log"]
     starts = log["scorer"]["starts"]
