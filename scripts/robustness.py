@@ -84,12 +84,15 @@ def main() -> None:
     ap.add_argument("--data", action="append", required=True, help="NAME=DATASET_DIR (repeatable)")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--out", type=Path, default=Path("runs/robustness"))
+    ap.add_argument("--report-only", action="store_true", help="only report the runs already done")
     args = ap.parse_args()
     rows = []
     for spec in args.data:
         name, dataset = spec.split("=", 1)
         for seed in (int(s) for s in args.seeds.split(",")):
             out = args.out / f"{name}-seed{seed}"
+            if args.report_only and not (out / "metrics-test.json").is_file():
+                continue
             minutes = run(args.profile, Path(dataset), out, seed)
             rows.append((name, seed, summary(out)))
             print(f"{name} seed {seed}: final {rows[-1][2]['final']:.4f} ({minutes:.1f} min)", flush=True)
