@@ -6,7 +6,8 @@ All `async def` without blocking work: a sync dependency would cost each request
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Security, status
 from fastapi.security import APIKeyHeader
@@ -17,6 +18,8 @@ from app.services.errors import NoBundle
 from app.services.model_bundle import LoadedBundle
 from app.services.state import ServiceState
 from app.services.variants import Served
+
+T = TypeVar("T")
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="one of XREC_API_KEYS; required on every /v1 route (on reads too, "
@@ -37,12 +40,16 @@ async def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def get_bundle(request: Request) -> LoadedBundle:
-    """The bundle this request uses from start to end (a reload swaps the reference, not this one)."""
+def _loaded(require: Callable[[], T]) -> T:
     try:
-        return request.app.state.xrec.require_bundle()
+        return require()
     except NoBundle:
         raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "no bundle loaded (see /readyz)") from None
+
+
+async def get_bundle(request: Request) -> LoadedBundle:
+    """The bundle this request uses from start to end (a reload swaps the reference, not this one)."""
+    return _loaded(request.app.state.xrec.require_bundle)
 
 
 BundleDep = Annotated[LoadedBundle, Depends(get_bundle)]
@@ -50,10 +57,7 @@ BundleDep = Annotated[LoadedBundle, Depends(get_bundle)]
 
 async def get_served(request: Request) -> Served:
     """The A/B variants this request chooses from (one, without XREC_VARIANTS), read once."""
-    try:
-        return request.app.state.xrec.require_served()
-    except NoBundle:
-        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "no bundle loaded (see /readyz)") from None
+    return _loaded(request.app.state.xrec.require_served)
 
 
 ServedDep = Annotated[Served, Depends(get_served)]

@@ -145,3 +145,15 @@ def serving(settings: Settings) -> Iterator[int]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def wait_for(predicate, timeout: float = 5.0, step: float = 0.02) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout` seconds pass (False)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False

@@ -6,17 +6,8 @@ from __future__ import annotations
 import time
 
 from app.core.config import Settings
-from tests.app.conftest import AUTH, running
+from tests.app.conftest import AUTH, running, wait_for
 from tests.fixtures.tiny_bundle import PEOPLE, person_id
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_replicas_share_invalidations_and_catalog_changes(settings: Settings, tmp_path) -> None:

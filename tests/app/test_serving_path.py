@@ -26,19 +26,11 @@ from app.services.ranking import History, Query, rank
 from app.services.recommender import Answer, Ask
 from app.services.retrieval import IndexParams, PlatformIndex
 from contract.bundle import BundleError, read_manifest, sha256_file, write_manifest
-from tests.app.conftest import AUTH, running
+from tests.app.conftest import AUTH, running, wait_for
 from tests.fixtures.tiny_bundle import PEOPLE, person_id
 
 TS = 1_760_000_000
 
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @contextlib.contextmanager
@@ -284,18 +276,21 @@ def test_a_failure_fails_only_its_own_request(client: TestClient, monkeypatch: p
     forget(state)
     real_fragments = rec._fragments
 
+
+    def only_bad_fails(out: list, error: type[Exception]) -> None:
+        for ask, a, b in zip(asks, alone, out, strict=True):
+            if ask.person == bad:
+                assert isinstance(b, error)
+            else:
+                same(a, b)
+
     def fragments(b, c, h, r, ask):
         if ask.person == bad:
             raise ValueError("bad row")
         return real_fragments(b, c, h, r, ask)
 
     monkeypatch.setattr(rec, "_fragments", fragments)
-    out = rec.compute_many(bundle, asks)
-    for ask, a, b in zip(asks, alone, out, strict=True):
-        if ask.person == bad:
-            assert isinstance(b, ValueError)
-        else:
-            same(a, b)
+    only_bad_fails(rec.compute_many(bundle, asks), ValueError)
     monkeypatch.setattr(rec, "_fragments", real_fragments)
 
     # a shared step (the profile read) that its presence breaks: the others are redone alone and answered
@@ -308,12 +303,7 @@ def test_a_failure_fails_only_its_own_request(client: TestClient, monkeypatch: p
         return real_fetch(bundle, persons)
 
     monkeypatch.setattr(state.profiles, "fetch", fetch)
-    out = rec.compute_many(bundle, asks)
-    for ask, a, b in zip(asks, alone, out, strict=True):
-        if ask.person == bad:
-            assert isinstance(b, OverflowError)
-        else:
-            same(a, b)
+    only_bad_fails(rec.compute_many(bundle, asks), OverflowError)
 
     # through the batcher: sent together, the one fails and the other is answered
     async def both() -> list[Answer | BaseException]:
