@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -256,6 +257,68 @@ class ItemsResponse(BaseModel):
 class ItemDeleted(BaseModel):
     item_id: str
     catalog_version: int
+
+
+# A title must hold a character other than ASCII whitespace: the same class in the JSON Schema (ECMA-262), in
+# pydantic (Rust regex) and in schemathesis (Python re); `\S` differs between the three on some code points.
+NOT_BLANK = r"[^ \t\n\r\f\v]"
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip(" \t\n\r\f\v"):
+        raise ValueError("the title is blank: give the new item's text")
+    return value
+
+
+class AudienceRequest(_Body):
+    """A new item (its text, the platform it is shown on) and how many persons to name."""
+
+    platform: str = Field(min_length=1, max_length=64, description="the platform the item would be shown on")
+    title: Annotated[str, AfterValidator(_not_blank)] = Field(
+        min_length=1, max_length=4000, json_schema_extra={"pattern": NOT_BLANK},
+        description="the item's text, embedded by the bundle's item encoder as PUT /v1/items embeds it; not blank",
+        examples=["spicy golden skillet"])
+    k: Annotated[int, Field(ge=1, le=100), WholeNumber] = Field(default=20, description="persons to return")
+    now_ts: EpochSeconds | None = Field(default=None, description="score as of this time (epoch s); default: now")
+
+
+class AudienceReason(BaseModel):
+    item_id: str
+    platform: str
+    title: str
+    weight: float
+
+
+class AudienceAccount(BaseModel):
+    platform: str
+    account: str = Field(description="the account's keyed hash, as in the bundle's accounts.parquet (raw "
+                                     "account ids never reach a bundle)")
+
+
+class AudienceMember(BaseModel):
+    person_id: str
+    score: float = Field(description="the item's score for this person: the scorer's, as /v1/rank scores a text")
+    retrieval_score: float = Field(description="u·v, the retrieval stage's score")
+    accounts: list[AudienceAccount] = Field(description="the person's accounts the bundle links (empty for a person "
+                                                        "first seen online)")
+    events: int = Field(description="events in the person's profile (the newest XREC_PROFILE_MAX_EVENTS of their "
+                                    "fused history)")
+    last_event_ts: int | None
+    reasons: list[AudienceReason] = Field(description="the history items most like the new item")
+    variant: str = Field(description="the A/B variant (bundle) that scored this person")
+
+
+class AudienceResponse(BaseModel):
+    platform: str
+    persons: list[AudienceMember] = Field(description="best first")
+    known: int = Field(description="persons with a history considered (the bundle snapshot's, at most "
+                                   "XREC_AUDIENCE_MAX_PERSONS, and those with events since the bundle)")
+    rescored: int = Field(description="the best of them by u·v, scored by the scorer")
+    capped: bool = Field(description="snapshot persons beyond XREC_AUDIENCE_MAX_PERSONS (the least recently "
+                                     "active) were not considered")
+    model_version: str
+    degraded: bool = Field(description="Redis was unavailable: events since the bundle may be missing")
+    took_ms: float
 
 
 class RankItem(_Body):

@@ -3,7 +3,9 @@
 Every model is exported to ONNX and checked against the trained model on real inputs (the item encoder
 against the model's own text-only item vectors of real titles); a failed check fails the export.
 Quantised item-encoder variants are measured (cosine to fp32, valid NDCG@10 of text-only retrieval) and
-marked recommended only when NDCG@10 drops by less than 1% relative. Each platform's FAISS index is built
+marked recommended only when NDCG@10 drops by less than 1% relative. Item attributes the dataset's catalog
+carries (`item_attributes`) go into the bundle's items.parquet, so filters and diversity caps work on a fresh
+bundle without PUT /v1/items. Each platform's FAISS index is built
 here with every core (exact up to `hnsw_threshold` items, HNSW above; `contract.indexes`), so the service
 reads it instead of building it at start. The bundle is written atomically.
 """
@@ -11,9 +13,10 @@ reads it instead of building it at start. The bundle is written atomically.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +119,11 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
                                          parity=export_scorer(loaded.scorer, tmp / "scorer.onnx", scorer_feeds))
 
         # Tables.
-        _write_items(tmp / "items.parquet", ds, vecs, ckpt["popularity"])
+        attributes = item_attributes(Path(dataset or ckpt["dataset"]) / "items.parquet", ds.item_ids)
+        _write_items(tmp / "items.parquet", ds, vecs, ckpt["popularity"], attributes)
+        if attributes is not None:
+            log(f"item attributes: {sum(a is not None for a in attributes):,} of {len(attributes):,} items "
+                f"({', '.join(sorted({k for a in attributes if a for k in json.loads(a)})[:10])})")
         _write_history(tmp / "history.parquet", ds, HISTORY_SNAPSHOT)
         src_accounts = Path(dataset or ckpt["dataset"]) / "accounts.parquet"
         if src_accounts.is_file():
@@ -177,16 +184,80 @@ def _measure_variants(tmp: Path, tok_dir: Path, cfg: ModelConfig, ds, ranker: Ra
     return out
 
 
-def _write_items(path: Path, ds, vecs: np.ndarray, popularity: np.ndarray) -> None:
+def _write_items(path: Path, ds, vecs: np.ndarray, popularity: np.ndarray,
+                 attributes: list[str | None] | None = None) -> None:
     dim = vecs.shape[1]
-    table = pa.table({
+    columns = {
         "item_id": ds.item_ids,
         "platform": [ds.platforms[p] for p in ds.item_platform],
         "title": ds.titles,
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.astype(np.float32).ravel()), dim),
         "popularity": pa.array(np.asarray(popularity).astype(np.int64)),
-    })
-    pq.write_table(table, path)
+    }
+    if attributes is not None:  # what the service's filters and diversity caps read (app/services/rules.py)
+        columns["attributes"] = pa.array(attributes, pa.string())
+    pq.write_table(pa.table(columns), path)
+
+
+# The dataset's items.parquet columns that are not attributes.
+ITEM_COLUMNS = ("item_id", "platform", "title")
+
+
+def item_attributes(items_file: Path, item_ids: list[str]) -> list[str | None] | None:
+    """The catalog attributes of the dataset's items, for the bundle's items.parquet `attributes` column: one
+    JSON object per item of `item_ids` (null: none), or None when the dataset has no attributes at all.
+
+    Read from the dataset's items.parquet: an `attributes` column (a JSON object per item, or an Arrow
+    struct/map), and every other column beside item_id, platform and title, each one attribute named by the
+    column (null: the item does not have it). Values as the service keeps them: strings; numbers (finite);
+    booleans as "true"/"false"; dates and times in ISO 8601; anything else left out. A named column wins over
+    the same name inside `attributes`.
+    """
+    if not items_file.is_file():
+        return None
+    names = pq.read_schema(items_file).names
+    extra = [c for c in names if c not in ITEM_COLUMNS]
+    if not extra:
+        return None
+    table = pq.read_table(items_file, columns=["item_id", *extra])
+    by_id: dict[str, dict[str, str | float]] = {}
+    ids = table.column("item_id").to_pylist()
+    packed = table.column("attributes").to_pylist() if "attributes" in extra else [None] * len(ids)
+    named = {c: table.column(c).to_pylist() for c in extra if c != "attributes"}
+    for i, item in enumerate(ids):
+        attrs: dict[str, str | float] = {}
+        raw = packed[i]
+        if isinstance(raw, str) and raw.strip():
+            try:
+                raw = json.loads(raw)
+            except ValueError as e:
+                raise ValueError(f"{items_file}: item {item!r}: attributes are not JSON: {e}") from None
+        if isinstance(raw, list):  # an Arrow map column reads as (key, value) pairs
+            raw = dict(raw)
+        if isinstance(raw, dict):
+            for k, v in raw.items():
+                value = _attribute_value(v)
+                if value is not None:
+                    attrs[str(k)] = value
+        for name, values in named.items():
+            value = _attribute_value(values[i])
+            if value is not None:
+                attrs[name] = value
+        by_id[item] = attrs
+    out = [json.dumps(by_id[i], ensure_ascii=False, sort_keys=True) if by_id.get(i) else None for i in item_ids]
+    return out if any(a is not None for a in out) else None
+
+
+def _attribute_value(v: object) -> str | float | None:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, str):
+        return v
+    if isinstance(v, datetime | date):
+        return v.isoformat()
+    return None
 
 
 def _write_history(path: Path, ds, max_history: int) -> None:

@@ -273,11 +273,17 @@ def batch_score(
     part_size: Annotated[int, typer.Option(min=1, help="persons per output part")] = 10_000,
     now: Annotated[int | None, typer.Option(help="rank as at this epoch s (default: the job's first start)")] = None,
     exclude_seen: Annotated[bool, typer.Option(help="leave out items the person has interacted with")] = True,
+    filters: Annotated[str | None, typer.Option(help="business rules, as POST /v1/batch/score's `filters`: a JSON "
+                                                    "object (or @file), e.g. '{\"include\": {\"category\": "
+                                                    "[\"pans\"]}}'")] = None,
+    diversity: Annotated[str | None, typer.Option(help="as POST /v1/batch/score's `diversity`: a JSON object (or "
+                                                      "@file), e.g. '{\"max_per_value\": {\"brand\": 2}}'")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Campaign scoring: every person's top-k (or the --items, scored) with the service's ranking and reasons,
-    written as Parquet parts; on Ray Data (one model-holding actor per core) or --no-ray."""
-    from app.services.campaign import Campaign, CampaignError, load_items
+    written as Parquet parts; on Ray Data (one model-holding actor per core) or --no-ray. --filters and
+    --diversity apply the business rules of POST /v1/batch/score, with its code."""
+    from app.services.campaign import Campaign, CampaignError, load_items, load_rule
 
     if not (bundle / "manifest.json").is_file():
         raise _fail(f"{bundle}: not a bundle folder (no manifest.json)")
@@ -290,7 +296,9 @@ def batch_score(
         candidates = load_items(items) if items is not None else None
         summary = Campaign(get_settings(), bundle, persons, platform, out,
                            k=k if k is not None or candidates is not None else 20, items=candidates,
-                           exclude_seen=exclude_seen, now=now, part_size=part_size, use_ray=not no_ray,
+                           exclude_seen=exclude_seen, now=now, part_size=part_size,
+                           filters=load_rule(filters, "filters"), diversity=load_rule(diversity, "diversity"),
+                           use_ray=not no_ray,
                            address=address, workers=workers, progress=progress, console=err).run()
     except CampaignError as e:
         raise _fail(str(e)) from None

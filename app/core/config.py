@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     # Profiles kept in memory: the fallback while Redis is down.
     profile_lru_size: int = 50_000
     embed_cache_size: int = 10_000
+    # POST /v1/items/audience (app/services/audience.py): user vectors of at most this many snapshot persons
+    # (the most recently active) per platform, kept for the loaded bundle (64-d: 256 bytes each); the persons
+    # with events since the bundle are read fresh on each request, at most this many of them too. The best
+    # `audience_rescore` by u·v are re-scored with the scorer.
+    audience_max_persons: int = Field(default=100_000, ge=1)
+    audience_rescore: int = Field(default=1_000, ge=1)
 
     # ---- service: durability -----------------------------------------------------------------------------
     # Append-only JSONL of every acknowledged event (fsync'd before the ack) and of catalog changes.

@@ -3,15 +3,17 @@
 Ranking is the service's own code, not a copy of it: each worker builds the service's objects around the
 bundle (`ServiceState`: the Redis-backed profile store and the recommender; catalog changes made online are
 re-applied as at a service start) and runs `Recommender.batch_lines`, the code behind POST /v1/batch/score,
-then adds each item's reasons with the recommender's `_explain`, as /v1/recommend does. A person's list
+then adds each item's reasons with the recommender's `_explain`, as /v1/recommend does. Business rules
+(`filters`, `diversity`: the JSON POST /v1/batch/score takes, validated by the same models) are applied by
+that same code. A person's list
 therefore equals /v1/recommend's answer for the same person, platform, k and `now` (tests/app/test_campaign.py).
 
 The input is cut into parts of `part_size` rows: part i holds input rows [i·part_size, (i+1)·part_size) and
 is written as out/part-{i:05d}.parquet (temp file, then rename: a part file is whole or absent). A rerun
 into the same folder skips the parts already written, so a killed job resumes where it stopped.
 out/_campaign.json records what the job is (bundle model version, platform, k, items, exclude_seen, now,
-part size, input file); a rerun must match it, and reuses its `now`, so resumed parts are ranked at the
-same instant as the first ones.
+part size, input file, filters, diversity); a rerun must match it, and reuses its `now`, so resumed parts are
+ranked at the same instant as the first ones.
 
 Executors:
 - Ray Data (default): each pending part is one row (its person columns as lists); `map_batches` runs them
@@ -78,11 +80,71 @@ class Job:
     now: int
     part_size: int
     persons: str
+    # Business rules, as POST /v1/batch/score takes them (app.schemas Filters / Diversity, validated; JSON).
+    filters: dict[str, Any] | None = None
+    diversity: dict[str, Any] | None = None
 
     def differences(self, other: Job) -> list[str]:
         return [f"{name}: {getattr(other, name)!r} there, {getattr(self, name)!r} now"
-                for name in ("model_version", "platform", "k", "items", "exclude_seen", "now", "part_size", "persons")
+                for name in ("model_version", "platform", "k", "items", "exclude_seen", "now", "part_size", "persons",
+                             "filters", "diversity")
                 if getattr(self, name) != getattr(other, name)]
+
+    def rules(self, purchase_event: str) -> Any:
+        """The job's filters and diversity as the recommender takes them (`app.services.rules.Rules`), or None."""
+        from app.schemas import Diversity, Filters
+        from app.services.rules import Rules
+
+        filters = Filters.model_validate_json(json.dumps(self.filters)) if self.filters is not None else None
+        diversity = Diversity.model_validate_json(json.dumps(self.diversity)) if self.diversity is not None else None
+        return Rules.of(filters, diversity, purchase_event)
+
+
+def check_rules(filters: dict[str, Any] | None, diversity: dict[str, Any] | None
+                ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Validate --filters / --diversity with the models POST /v1/batch/score validates them with; returns them
+    normalised (defaults left out). Raises CampaignError naming the option and the field."""
+    from pydantic import ValidationError
+
+    from app.schemas import Diversity, Filters
+
+    out: list[dict[str, Any] | None] = []
+    for name, model, value in (("filters", Filters, filters), ("diversity", Diversity, diversity)):
+        if value is None:
+            out.append(None)
+            continue
+        try:
+            parsed = model.model_validate_json(json.dumps(value))
+        except (ValidationError, TypeError, ValueError) as e:
+            if isinstance(e, ValidationError) and e.errors():
+                err = e.errors()[0]
+                where = ".".join(str(x) for x in err["loc"])
+                raise CampaignError(f"--{name}: {where + ': ' if where else ''}{err['msg']}") from None
+            raise CampaignError(f"--{name}: {e}") from None
+        out.append(parsed.model_dump(mode="json", exclude_defaults=True))
+    return out[0], out[1]
+
+
+def load_rule(text: str | None, name: str) -> dict[str, Any] | None:
+    """A --filters / --diversity value: a JSON object, or @file holding one."""
+    if text is None:
+        return None
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise CampaignError(f"--{name}: {path}: no such file")
+        text = path.read_text(encoding="utf-8")
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise CampaignError(f"--{name}: not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise CampaignError(f"--{name}: a JSON object, e.g. {_EXAMPLES[name]}")
+    return value
+
+
+_EXAMPLES = {"filters": '{"include": {"category": ["pans"]}, "exclude": {"brand": ["acme"]}}',
+             "diversity": '{"max_per_value": {"brand": 2}, "exclude_bought_days": 30}'}
 
 
 @dataclass
@@ -242,6 +304,7 @@ class PartScorer:
         self.profiles = _RememberingProfiles(self.rec.profiles)
         self.rec.profiles = self.profiles
         self.target = self.rec.platform_id(self.bundle, job.platform, ("platform",))
+        self.rules = job.rules(settings.purchase_event)  # filters and diversity, as POST /v1/batch/score's
         self._ids: pa.Array | None = None
         self._ids_version = -1
         catalog = self.bundle.catalog
@@ -281,7 +344,7 @@ class PartScorer:
         reason_w: list[np.ndarray] = []
         catalog = bundle.catalog
         for chunk in rec.batch_lines(bundle, persons=persons, target=self.target, item_ids=job.items, k=job.k,
-                                     exclude_seen=job.exclude_seen, now=job.now):
+                                     exclude_seen=job.exclude_seen, now=job.now, rules=self.rules):
             for line in chunk.splitlines():
                 row = json.loads(line)
                 if "index" not in row:  # the summary line
@@ -345,7 +408,7 @@ def prepare(out: Path, job: Job, now_given: bool) -> tuple[Job, set[int]]:
     path = out / JOB_FILE
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
-        before = Job(**{k: stored[k] for k in Job.__dataclass_fields__})
+        before = Job(**{k: stored[k] for k in Job.__dataclass_fields__ if k in stored})  # older jobs: no rules
         if not now_given:
             job = Job(**{**asdict(job), "now": before.now})
         diff = job.differences(before)
@@ -379,6 +442,8 @@ class Campaign:
     exclude_seen: bool = True
     now: int | None = None
     part_size: int = DEFAULT_PART_SIZE
+    filters: dict[str, Any] | None = None  # POST /v1/batch/score's `filters` (app.schemas.Filters)
+    diversity: dict[str, Any] | None = None  # and `diversity` (app.schemas.Diversity)
     use_ray: bool = True
     address: str | None = None
     workers: int | None = None
@@ -399,10 +464,11 @@ class Campaign:
             raise CampaignError("the items list is empty")
         if self.part_size < 1:
             raise CampaignError("part size must be at least 1")
+        filters, diversity = check_rules(self.filters, self.diversity)
         return Job(str(Path(self.bundle).resolve()), manifest.model_version, self.platform, self.k,
                    list(self.items) if self.items is not None else None, self.exclude_seen,
                    int(time.time()) if self.now is None else int(self.now), self.part_size,
-                   str(Path(self.persons).resolve()))
+                   str(Path(self.persons).resolve()), filters, diversity)
 
     def run(self) -> Summary:
         started = time.perf_counter()
@@ -580,4 +646,5 @@ def load_items(path: Path) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-__all__ = ["Campaign", "CampaignError", "Job", "OUTPUT_SCHEMA", "PartScorer", "Summary", "load_items", "read_parts"]
+__all__ = ["Campaign", "CampaignError", "Job", "OUTPUT_SCHEMA", "PartScorer", "Summary", "check_rules", "load_items",
+           "load_rule", "read_parts"]

@@ -132,6 +132,11 @@ class EventedPersons:
                 self.trusted = True
             return len(self._persons)
 
+    def members(self) -> list[str]:
+        """A copy of the persons known to have events since the bundle (trusted or not)."""
+        with self._lock:
+            return list(self._persons)
+
     def __len__(self) -> int:
         return len(self._persons)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from app.core.config import DEFAULT_VARIANT, Settings, VariantSpec
 from app.core.metrics import Metrics
+from app.services.audience import AudienceFinder
 from app.services.bus import Bus
 from app.services.cache import RankedCache
 from app.services.catalog_ops import CatalogService, check_item_platform
@@ -51,6 +52,7 @@ class ServiceState:
         self.event_log = EventLog(settings.events_dir)
         self.catalog = CatalogService(self.guard, self.keys, CatalogLog(settings.events_dir), self.metrics)
         self.recommender = Recommender(settings, self.profiles, self.ranked, self.guard, self.metrics)
+        self.audience = AudienceFinder(settings, self.profiles, self.recommender)
         self.bus = Bus(settings.redis_url, self.keys, self.guard, settings.redis_connect_timeout_s)
         self.bus.handlers = {"person": self._on_person_message, "catalog": self._on_catalog_message}
         self.bus.on_reconnect = self._resync
@@ -138,6 +140,7 @@ class ServiceState:
             self.served, self.bundle = served, served.primary
             self.load_error = None
             self.ranked.clear()
+            self.audience.clear()  # user vectors of the previous bundle
             self.metrics.reloads.inc(result="ok")
             for b in previous:
                 self.metrics.model_info.set(0, model_version=b.model_version, provider=b.provider)

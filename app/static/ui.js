@@ -1,6 +1,6 @@
-// The operator page (GET /ui). Plain DOM, no libraries. Every value from the service is put in the page as
-// text (textContent), never as HTML. The API key stays in this tab (sessionStorage) and goes only to this
-// service, as X-API-Key.
+// The operator page (GET /ui): look a person up; see who a new item would be recommended to. Plain DOM, no
+// libraries. Every value from the service is put in the page as text (textContent), never as HTML. The API key
+// stays in this tab (sessionStorage) and goes only to this service, as X-API-Key.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -64,7 +64,7 @@ function fmtTime(ts) {
 
 function fillPlatforms(list) {
   platforms = list;
-  for (const id of ["account-platform", "try-platform"]) {
+  for (const id of ["account-platform", "try-platform", "aud-platform"]) {
     const sel = $(id);
     const keep = sel.value;
     sel.replaceChildren(...list.map((p) => el("option", { value: p }, p)));
@@ -136,7 +136,7 @@ function renderRecs(platform, answer) {
 }
 
 async function search(ev) {
-  ev.preventDefault();
+  if (ev) ev.preventDefault();
   let person;
   try { person = who(); } catch (e) { status(e.message, true); return; }
   sessionStorage.setItem("xrec.apiKey", $("api-key").value.trim());
@@ -191,6 +191,73 @@ async function tryItem(ev) {
   }
 }
 
+// ---- who would like a new item (POST /v1/items/audience) ----------------------------------------------------
+
+function shortHash(account) {
+  return account.length > 12 ? account.slice(0, 12) + "…" : account;
+}
+
+function lookUp(personId) {
+  document.querySelector("input[name=by][value=person]").checked = true;
+  toggleBy();
+  $("person-id").value = personId;
+  search(null);
+  $("lookup").scrollIntoView();
+}
+
+function renderAudience(out) {
+  const head = el("tr", {}, el("th", {}, "#"), el("th", {}, "person"), el("th", {}, "accounts"),
+    el("th", {}, "events"), el("th", {}, "score"), el("th", {}, "because they had"));
+  const rows = out.persons.map((p, i) =>
+    el("tr", { class: "aud-person", "data-person": p.person_id },
+      el("td", { class: "num" }, i + 1),
+      el("td", {}, el("button", { type: "button", class: "linkish", title: "look this person up" }, p.person_id),
+        out.persons.some((x) => x.variant !== "default") ? el("span", { class: "muted" }, " · " + p.variant) : null),
+      el("td", {}, p.accounts.length
+        ? el("span", {}, ...p.accounts.map((a) => el("span", { class: "reason", title: a.account }, badge(a.platform),
+          el("span", { class: "id" }, shortHash(a.account)))))
+        : el("span", { class: "empty" }, "none linked")),
+      el("td", { class: "num" }, p.events),
+      el("td", { class: "num" }, p.score.toFixed(4)),
+      el("td", {}, p.reasons.length
+        ? el("span", {}, ...p.reasons.map((r) => el("span", { class: "reason", title: r.item_id }, badge(r.platform),
+          r.title, " ", el("span", { class: "muted" }, Math.round(r.weight * 100) + "%"))))
+        : el("span", { class: "empty" }, "—"))));
+  for (const [i, p] of out.persons.entries()) {
+    rows[i].querySelector("button.linkish").addEventListener("click", () => lookUp(p.person_id));
+  }
+  $("aud-result").replaceChildren(out.persons.length
+    ? el("table", { id: "aud-table" }, el("thead", {}, head), el("tbody", {}, ...rows))
+    : el("p", { class: "empty" }, "nobody: no person with a history is known"));
+}
+
+async function findAudience(ev) {
+  ev.preventDefault();
+  const title = $("aud-title").value.trim();
+  const s = $("aud-status");
+  if (!title) { s.textContent = "enter a title"; s.className = "error"; return; }
+  sessionStorage.setItem("xrec.apiKey", $("api-key").value.trim());
+  const k = Math.max(1, Math.min(100, parseInt($("aud-k").value, 10) || 10));
+  const platform = $("aud-platform").value;
+  $("aud-find").disabled = true;
+  s.textContent = "scoring it for every known person…";
+  s.className = "muted";
+  try {
+    const out = await call("v1/items/audience", { platform, title, k });
+    renderAudience(out);
+    s.textContent = "“" + title + "” on " + platform + ": the best " + out.persons.length + " of " +
+      out.known.toLocaleString() + " known persons (" + out.rescored.toLocaleString() + " re-scored)" +
+      (out.capped ? "; the least recently active were left out" : "") +
+      (out.degraded ? "; Redis unavailable: recent events may be missing" : "") + " · " + Math.round(out.took_ms) + " ms";
+  } catch (e) {
+    $("aud-result").replaceChildren();
+    s.textContent = e.message;
+    s.className = "error";
+  } finally {
+    $("aud-find").disabled = false;
+  }
+}
+
 function toggleBy() {
   const byPerson = document.querySelector("input[name=by]:checked").value === "person";
   $("by-person").hidden = !byPerson;
@@ -202,5 +269,6 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const r of document.querySelectorAll("input[name=by]")) r.addEventListener("change", toggleBy);
   $("search-form").addEventListener("submit", search);
   $("try-form").addEventListener("submit", tryItem);
+  $("aud-form").addEventListener("submit", findAudience);
   loadInfo();
 });

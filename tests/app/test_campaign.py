@@ -209,3 +209,83 @@ def test_cli_batch_score_no_ray(settings: Settings, bundle_dir: Path, tmp_path: 
         r = CliRunner().invoke(app, ["batch", "score", "--bundle", str(bundle_dir), "--persons", str(persons),
                                      "--platform", "video", "--out", str(tmp_path / "o2"), "--no-ray"])
         assert r.exit_code == 2 and "unknown platform 'video'" in r.output
+
+
+# Business rules: kitchen items get a category and a brand (PUT /v1/items, as an operator would); the campaign
+# (in process, and through the CLI) must answer what POST /v1/batch/score answers with the same rules.
+FILTERS = {"include": {"category": ["pans"]}, "exclude": {"brand": ["b3"]}}
+DIVERSITY = {"max_per_value": {"brand": 1}}
+
+
+def _attributes(item_id: str) -> dict[str, str]:
+    i = int(item_id.rsplit("k", 1)[1])
+    return {"category": "pans" if i % 3 == 0 else "tools", "brand": f"b{i % 4}"}
+
+
+def _persons_json(rows: list[tuple[str | None, str | None, str | None]]) -> list[dict]:
+    return [{"person_id": pid} if pid else {"account_id": acc, "account_platform": plat or PLATFORM}
+            for pid, acc, plat in rows]
+
+
+def test_campaign_filters_and_diversity_are_the_batch_endpoints(settings: Settings, bundle_dir: Path,
+                                                                tmp_path: Path) -> None:
+    import json
+
+    from xrec.cli import app
+
+    with running(settings) as client:
+        catalog = client.app.state.xrec.bundle.catalog
+        kitchen = [i for i in catalog.item_ids if i.startswith("kitchen:")]
+        r = client.put("/v1/items", json={"items": [
+            {"item_id": i, "platform": "kitchen", "title": catalog.titles[catalog.row_of[i]],
+             "attributes": _attributes(i)} for i in kitchen]})
+        assert r.status_code == 200, r.text
+        r = client.post("/v1/batch/score", json={"platform": PLATFORM, "persons": _persons_json(ROWS), "k": K,
+                                                 "now_ts": NOW, "filters": FILTERS, "diversity": DIVERSITY})
+        assert r.status_code == 200, r.text
+        lines = [json.loads(x) for x in r.text.splitlines()]
+    assert lines[-1]["done"] is True
+    expected = {row["index"]: [it["item_id"] for it in row["items"]] for row in lines[:-1]}
+
+    persons = write_persons(tmp_path / "persons.parquet", ROWS)
+    out = tmp_path / "out"
+    Campaign(settings, bundle_dir, persons, PLATFORM, out, k=K, now=NOW, part_size=3, filters=FILTERS,
+             diversity=DIVERSITY, use_ray=False, progress=False).run()
+    got = {i: [r["item_id"] for r in rows] for i, rows in by_row(read_out(out)).items()}
+    assert {i: v for i, v in expected.items() if v} == got and len(got) >= 6
+    for ids in got.values():
+        attrs = [_attributes(i) for i in ids]
+        assert all(a["category"] == "pans" and a["brand"] != "b3" for a in attrs), ids  # the filters
+        assert len({a["brand"] for a in attrs}) == len(ids) <= 3, ids  # one per brand: b0, b1, b2
+    job = json.loads((out / JOB_FILE).read_text())
+    assert job["filters"] == FILTERS and job["diversity"] == DIVERSITY
+    # Without the rules the same persons get other items: the rules are what made the difference.
+    plain = tmp_path / "plain"
+    Campaign(settings, bundle_dir, persons, PLATFORM, plain, k=K, now=NOW, use_ray=False, progress=False).run()
+    assert any(_attributes(r["item_id"])["category"] != "pans" for r in read_out(plain).to_pylist())
+    # A rerun with other rules is another campaign; bad rules are refused before anything runs.
+    with pytest.raises(CampaignError, match="holds another campaign.*diversity"):
+        Campaign(settings, bundle_dir, persons, PLATFORM, out, k=K, now=NOW, part_size=3, filters=FILTERS,
+                 use_ray=False, progress=False).run()
+    with pytest.raises(CampaignError, match=r"--filters: include\.price\.range\.min: Input should be a valid number"):
+        Campaign(settings, bundle_dir, persons, PLATFORM, tmp_path / "bad",
+                 filters={"include": {"price": {"min": "x"}}}, use_ray=False, progress=False).run()
+    with pytest.raises(CampaignError, match="--diversity: max_per_value.brand: Input should be greater than"):
+        Campaign(settings, bundle_dir, persons, PLATFORM, tmp_path / "bad", diversity={"max_per_value": {"brand": 0}},
+                 use_ray=False, progress=False).run()
+    assert not (tmp_path / "bad").exists()
+
+    # The CLI: --filters as JSON, --diversity from a file; the same rows.
+    (tmp_path / "diversity.json").write_text(json.dumps(DIVERSITY), encoding="utf-8")
+    base = ["batch", "score", "--bundle", str(bundle_dir), "--persons", str(persons), "--platform", PLATFORM,
+            "--k", str(K), "--no-ray", "--now", str(NOW), "--no-progress", "--part-size", "3"]
+    with env({"XREC_ID_SALT": TEST_SALT, "XREC_REDIS_PREFIX": settings.redis_prefix,
+              "XREC_EVENTS_DIR": str(settings.events_dir)}):
+        r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "cli"), "--filters", json.dumps(FILTERS),
+                                     "--diversity", f"@{tmp_path / 'diversity.json'}"])
+        assert r.exit_code == 0, r.output
+        assert {i: [x["item_id"] for x in rows] for i, rows in by_row(read_out(tmp_path / "cli")).items()} == got
+        r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "cli2"), "--filters", "{not json"])
+        assert r.exit_code == 2 and "--filters: not JSON" in r.output
+        r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "cli2"), "--diversity", "[1]"])
+        assert r.exit_code == 2 and "--diversity: a JSON object" in r.output

@@ -1,7 +1,8 @@
 """GET /ui (app/static/) and POST /v1/history: the page is served with its assets and nothing from elsewhere;
 the history endpoint's auth rules; and the page driven in headless Chromium (Debian's /usr/bin/chromium via
-Playwright): a search shows the timeline and recommendations, a new item's text gets scored, a screenshot is
-saved (XREC_UI_SCREENSHOT=docs/ui.png also writes it there)."""
+Playwright): a search shows the timeline and recommendations, a new item's text gets scored, its audience is
+listed (a click on a person looks them up), a screenshot is saved (XREC_UI_SCREENSHOT=docs/ui.png also writes it
+there)."""
 
 from __future__ import annotations
 
@@ -104,6 +105,29 @@ def test_ui_in_headless_chromium(settings: Settings, tmp_path: Path) -> None:
             verdict = page.wait_for_selector("#try-verdict").inner_text()
             assert "would rank #" in verdict and "of 6" in verdict and "score" in verdict
             assert "found" in page.inner_text("#status")
+            # Who would like a new item: the audience table, then a click on a person looks them up.
+            page.select_option("#aud-platform", "kitchen")
+            page.fill("#aud-title", "golden skillet")
+            page.fill("#aud-k", "3")
+            page.click("#aud-find")
+            page.wait_for_selector("#aud-table tr.aud-person")
+            people = page.locator("#aud-table tr.aud-person")
+            assert people.count() == 3
+            assert "of 5 known persons" in page.inner_text("#aud-status")
+            assert people.nth(0).locator(".reason .badge").count() > 0
+            first = people.nth(0).get_attribute("data-person")
+            assert first and first.startswith("p_")
+            known = {person_id(n) for n in PEOPLE}
+            assert {people.nth(i).get_attribute("data-person") for i in range(3)} <= known
+            people.nth(0).locator("button.linkish").click()
+            page.wait_for_selector(f"#status:has-text('found {first}')")
+            assert first in page.inner_text("#person")
+            page.fill("#aud-title", "   ")
+            page.click("#aud-find")
+            page.wait_for_selector("#aud-status.error:has-text('enter a title')")
+            page.fill("#aud-title", "golden skillet")
+            page.click("#aud-find")
+            page.wait_for_selector("#aud-table tr.aud-person")
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()

@@ -1,8 +1,9 @@
 """GET /ui: the operator and sales-demo page (app/static/: plain HTML, CSS and JavaScript, nothing from a
 CDN, so it works offline). Look a person up by account or person id, see their fused timeline
-(POST /v1/history), their recommendations per platform with scores and reasons (POST /v1/recommend), and
-try a new item's text against them (POST /v1/rank). The page itself needs no key; its calls send the API
-key typed into it as X-API-Key."""
+(POST /v1/history), their recommendations per platform with scores and reasons (POST /v1/recommend), try a
+new item's text against them (POST /v1/rank), and see who a new item would be recommended to
+(POST /v1/items/audience). The page itself needs no key; its calls send the API key typed into it as
+X-API-Key."""
 
 from __future__ import annotations
 
