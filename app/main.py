@@ -100,9 +100,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # A body JSON could not even parse into Python values (a number of over 4300 digits, bytes that
-        # are not UTF-8): FastAPI says a bare 400; it is invalid JSON, a 422 saying why.
-        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
-            why = ("a number has too many digits" if "integer string conversion" in str(exc.__cause__)
+        # are not UTF-8, arrays or objects nested deeper than the parser's recursion limit): FastAPI says a
+        # bare 400, which no route documents; it is invalid JSON, a 422 saying why.
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+            why = ("nested too deeply" if isinstance(exc.__cause__, RecursionError)
+                   else "a number has too many digits" if "integer string conversion" in str(exc.__cause__)
                    else "not UTF-8 JSON")
             return _error(422, "json_invalid", ["body"], f"JSON decode error: {why}")
         # ApiError says where and what kind; Starlette's own (404 no such route, 405 wrong method) do not.
