@@ -157,6 +157,15 @@ def bootstrap_ratio(a: np.ndarray, b: np.ndarray, n: int = 10_000, seed: int = 0
     return float(lo), float(hi)
 
 
+def bootstrap_win_share(a: np.ndarray, b: np.ndarray, n: int = 2_000, seed: int = 0) -> float:
+    """Share of paired resamples of the same queries in which mean(a) > mean(b) (a, b: per-query values)."""
+    if len(a) == 0:
+        return 0.0
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n, len(a)))
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return float(np.mean(diff[idx].mean(axis=1) > 0))
+
+
 def sampled_metrics(r: np.ndarray) -> dict[str, float]:
     r = np.asarray(r)
     return {"n": int(len(r)), "hr@10": float(np.mean(r < 10)),

@@ -1,10 +1,11 @@
 """The scorer's neighbour table — its item-KNN feature and candidates — chosen per data set on valid.
 
-Which neighbours predict the next item differs between data sets: on Food-Kitchen recency-weighted
-co-occurrence is strong; on sparse shops EASE or unweighted co-occurrence wins, and on exports whose
-timestamps carry no information a recency weight only adds noise. So every run builds each candidate table
-(co-occurrence cosine; EASE's top weights), scores each with each recency decay as a plain recommender on
-valid, and keeps the best. The table travels in the checkpoint and the bundle (`knn.npz`), where the service
+Which neighbours predict the next item differs between data sets: on Food-Kitchen what follows an item in
+people's timelines (sequential) beats whole-timeline co-occurrence; on sparse shops EASE or unweighted
+co-occurrence may win, and on exports whose timestamps carry no information a recency weight only adds
+noise. So every run builds each candidate table (co-occurrence cosine; sequential; both mixed; EASE),
+scores each with each recency decay as a plain recommender on valid, and keeps the best.
+The table travels in the checkpoint and the bundle (`knn.npz`), where the service
 reads it with the same `contract.features.KnnTable`, whichever kind it is.
 """
 
@@ -16,14 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from training.baselines.ease import EASE
-from training.baselines.itemknn import ItemKNN, build_neighbours
+from training.baselines.itemknn import NEIGHBOUR_TABLES, ItemKNN
 from training.evaluate import Query, metrics_from_ranks, ranks
 from training.sequences import Dataset
 
 
 @dataclass
 class Neighbours:
-    name: str  # "co-occurrence" | "ease"
+    name: str  # "co-occurrence" | "sequential" | "mixed" | "ease"
     decay: float
     index: np.ndarray
     weight: np.ndarray
@@ -38,10 +39,14 @@ class Neighbours:
 
 
 def choose_neighbours(ds: Dataset, keep: np.ndarray, valid: Sequence[Query], decays: Sequence[float],
-                      ease_lambda: float, max_history: int, log: Callable[[str], None] = print) -> Neighbours:
+                      ease_lambda: float, max_history: int, log: Callable[[str], None] = print,
+                      kinds: Sequence[str] = ("co-occurrence", "sequential", "mixed")) -> Neighbours:
     """The best (table, decay) on valid NDCG@10. `keep`: bool per event of `ds.timelines`, False for events
-    the tables must not see (the scorer's held-out targets)."""
-    tables = {"co-occurrence": build_neighbours(ds.timelines, ds.n_items, keep=keep)}
+    the tables must not see (the scorer's held-out targets). `kinds`: tables of `NEIGHBOUR_TABLES` to try."""
+    unknown = sorted(set(kinds) - set(NEIGHBOUR_TABLES))
+    if unknown:
+        raise ValueError(f"unknown neighbour table {unknown}: choose from {sorted(NEIGHBOUR_TABLES)}")
+    tables = {kind: NEIGHBOUR_TABLES[kind](ds.timelines, ds.n_items, keep=keep) for kind in kinds}
     ease = None
     if ease_lambda > 0:
         ease = EASE(lam=ease_lambda).fit(ds, keep=keep)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from training.baselines import ALS, EASE, ItemKNN, Popularity, TextZeroShot
+from training.baselines import ALS, EASE, ItemKNN, Popularity, TextZeroShot, build_neighbours, build_transitions
+from training.baselines.itemknn import build_mixed
 from training.data.build import build_dataset
 from training.data.demo import write_demo
 from training.data.sources import load_sources
@@ -24,7 +25,7 @@ def models(ds):
     text = np.random.default_rng(0).standard_normal((ds.n_items, 8)).astype(np.float32)
     return {"popularity": Popularity().fit(ds), "item-knn": ItemKNN(decay=0.5).fit(ds),
             "als": ALS(factors=8, iterations=3).fit(ds), "text": TextZeroShot(text).fit(ds),
-            "ease": EASE(lam=50.0).fit(ds)}
+            "ease": EASE(lam=50.0).fit(ds), "sequential": ItemKNN(decay=0.65, table="sequential").fit(ds)}
 
 
 def test_every_baseline_scores_each_platform_item_once(ds, models):
@@ -100,3 +101,36 @@ def test_ease_matches_the_closed_form():
     b = np.eye(ds.n_items) - inv / np.diag(inv)
     order = m.kept
     assert np.allclose(m.b, b[np.ix_(order, order)], atol=1e-5) and np.all(np.diag(m.b) == 0)
+
+
+def _timelines(people: list[list[int]]) -> Timelines:
+    items = np.array([i for p in people for i in p], dtype=np.int64)
+    offsets = np.r_[0, np.cumsum([len(p) for p in people])].astype(np.int64)
+    zeros = np.zeros(len(items), dtype=np.int64)
+    return Timelines([f"p{i}" for i in range(len(people))], offsets, items, zeros, zeros)
+
+
+def test_sequential_table_follows_order_and_distance():
+    # 0 → 1 → 2 for two people; 3 only ever comes before 0
+    tl = _timelines([[3, 0, 1, 2], [0, 1, 2]])
+    index, weight = build_transitions(tl, 4, k=3, window=2, shrink=0.0)
+    row0 = dict(zip(index[0].tolist(), weight[0].tolist(), strict=True))
+    assert set(row0) - {-1} == {1, 2}  # what follows 0; never 3, which only precedes it
+    assert row0[1] > row0[2] > 0  # the next event counts 1, two events on counts 1/2
+    assert set(index[2].tolist()) == {-1}  # nothing ever follows 2
+    # window 1 leaves out pairs two apart; `keep` leaves out events
+    index, _ = build_transitions(tl, 4, k=3, window=1, shrink=0.0)
+    assert set(index[0].tolist()) - {-1} == {1}
+    keep = np.array([True, True, False, True, True, True, True])
+    index, _ = build_transitions(tl, 4, k=3, window=1, shrink=0.0, keep=keep)
+    assert 2 in index[0].tolist()  # person 0's 1 is left out: 0 is then followed by 2 there
+
+
+def test_mixed_table_holds_both_opinions():
+    # 0 is followed by 1; 0 and 2 are owned by the same people but 2 comes first
+    tl = _timelines([[2, 0, 1], [2, 0, 1], [2, 0]])
+    co, _ = build_neighbours(tl, 3, k=2, shrink=0.0)
+    seq, _ = build_transitions(tl, 3, k=2, window=1, shrink=0.0)
+    mixed, weight = build_mixed(tl, 3, k=2, shrink=0.0)
+    assert set(co[0].tolist()) == {1, 2} and set(seq[0].tolist()) - {-1} == {1}
+    assert mixed[0].tolist() == [1, 2] and weight[0, 0] > weight[0, 1] > 0  # sequential counts more

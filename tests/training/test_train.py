@@ -8,7 +8,7 @@ import torch
 from training.evaluate import make_queries
 from training.model import ModelConfig
 from training.sequences import load_dataset
-from training.train import TrainConfig, holdout_last_events, target_only, train
+from training.train import TrainConfig, holdout_last_events, ship_scorer, target_only, train
 from training.windows import batches, make_windows
 
 
@@ -108,3 +108,18 @@ def test_a_baseline_that_wins_on_valid_is_what_ships(demo_ds, tmp_path, tiny_tex
     assert chosen["chosen"] == "ease" or cmp["final"] >= cmp["baselines"][f"item-knn (decay {chosen['decay']})"]
     assert set(cmp["baselines"]) >= {"popularity", "als", "ease"}
     assert log["neighbours"]["chosen"] in ("co-occurrence", "ease")
+
+
+def test_own_blends_replace_the_trained_scorer_only_when_surely_ahead_but_the_baseline_whenever_ahead():
+    rng = np.random.default_rng(0)
+    trained = rng.random(1000)
+    slightly = trained + rng.normal(0.002, 0.2, 1000)  # ahead by noise only
+    clearly = trained + 0.05
+    assert ship_scorer(trained, {"retrieval": trained - 0.01, "blend 3:1": slightly}) == "trained"
+    assert ship_scorer(trained, {"retrieval": trained - 0.01, "blend 3:1": clearly}) == "blend 3:1"
+    # the neighbour table is a baseline: ahead on valid at all, it ships
+    nb = trained.copy()
+    nb[0] += 0.01
+    assert ship_scorer(trained, {"retrieval": trained - 0.01, "neighbours": nb}) == "neighbours"
+    # no trained state (it never beat retrieval): the best fixed ranking
+    assert ship_scorer(None, {"retrieval": trained, "neighbours": trained - 0.01}) == "retrieval"
