@@ -20,6 +20,8 @@ batch_app = typer.Typer(help="Offline scoring of many persons (campaigns).", no_
 app.add_typer(batch_app, name="batch")
 report_app = typer.Typer(help="Reports from the service's event log.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
+kg_app = typer.Typer(help="The cross-platform knowledge graph of a built dataset.", no_args_is_help=True)
+app.add_typer(kg_app, name="kg")
 
 # Wide enough for the summary tables when stderr is a log file rather than a terminal.
 err = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 140)
@@ -36,8 +38,10 @@ def data_build(
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder (replaced atomically)")],
     data_root: Annotated[Path | None, typer.Option(help="where the raw files live [env: XREC_DATA_ROOT]")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="fail at the first bad row")] = False,
+    kg: Annotated[bool, typer.Option("--kg/--no-kg", help="also build the knowledge graph (kg/)")] = True,
 ) -> None:
-    """Read every platform's logs, clean them, fuse each person's accounts, write a dataset."""
+    """Read every platform's logs, clean them, fuse each person's accounts, write a dataset and its
+    knowledge graph."""
     from training.data.build import build_dataset, summary_table
     from training.data.readers import DataError
     from training.data.sources import SourceError, load_sources
@@ -48,15 +52,38 @@ def data_build(
         err.print("[yellow]warning:[/] XREC_ID_SALT is the development default; set a secret for real data")
     try:
         cfg = load_sources(config, data_root=data_root, default_root=settings.data_root)
-        result = build_dataset(cfg, out, salt, strict=strict, console=err)
+        result = build_dataset(cfg, out, salt, strict=strict, console=err, kg=kg)
     except DataError as e:
         raise _fail(str(e)) from None
     except SourceError as e:
         raise _fail(str(e)) from None
     err.print(summary_table(result.report))
     r = result.report
+    if "kg" in r:
+        from training.kg.report import kg_lines, kg_table
+
+        err.print(kg_table(r["kg"]))  # type: ignore[arg-type]
+        for line in kg_lines(r["kg"]):  # type: ignore[arg-type]
+            err.print(line, highlight=False, soft_wrap=True)
     err.print(f"{r['events']:,} events, {r['people']:,} people ({r['linked_people']:,} linked), "
               f"targets {r['targets']}; wrote {result.out} in {result.seconds:.1f}s")
+
+
+@kg_app.command("show")
+def kg_show(
+    item: Annotated[str, typer.Argument(help="item id: platform:id (or an id only one platform has)")],
+    dataset: Annotated[Path, typer.Option(help="built dataset folder")] = Path("runs/fk"),
+    per_platform: Annotated[int, typer.Option(min=0, help="items sharing each entity, per platform")] = 3,
+) -> None:
+    """An item's neighbourhood: its entities, their names on other platforms, items that share them."""
+    from training.kg.show import KGError, format_neighbourhood, neighbourhood
+
+    try:
+        n = neighbourhood(dataset, item, per_platform)
+    except KGError as e:
+        raise _fail(str(e)) from None
+    for line in format_neighbourhood(n):
+        typer.echo(line)
 
 
 @data_app.command("demo")

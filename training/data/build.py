@@ -1,11 +1,12 @@
 """`xrec data build`: mapping file → one clean, fused, pseudonymised dataset, written atomically.
 
 Output folder:
-  items.parquet     item_id (platform-namespaced), platform, title
+  items.parquet     item_id (platform-namespaced), platform, title, and the catalogs' attribute columns (strings)
   events.parquet    person, platform, item_id, ts (epoch seconds, UTC), event — one timeline per person
   accounts.parquet  platform, account (keyed hash), person
   targets.parquet   split, person, platform, item_id, ts — held-out evaluation targets, mapped to persons
-  report.json       per platform: rows read, dropped per reason, kept; people, linked people; checks
+  report.json       per platform: rows read, dropped per reason, kept; people, linked people; checks; the KG summary
+  kg/               the knowledge graph: nodes.parquet, edges.parquet (training/kg; skipped with kg=False)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from training.data.clean import REASONS, CleanStats, EventCleaner, normalize_tex
 from training.data.fuse import IdentityMap, LinkConflict, account_key, fuse_history
 from training.data.readers import DataError, read_rows
 from training.data.sources import SourceConfig, SourceError, detect_format
+from training.kg.graph import KG_DIR
 
 DATASET_FILES = ("items.parquet", "events.parquet", "accounts.parquet", "targets.parquet", "report.json")
 
@@ -51,6 +53,7 @@ class BuildResult:
 @dataclass
 class _Catalog:
     titles: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, list[str | None]] = field(default_factory=dict)  # per item, one per attribute column
     stats: Counter[str] = field(default_factory=Counter)
 
 
@@ -69,10 +72,16 @@ def _progress(console: Console) -> Progress:
 def _read_catalog(cfg: SourceConfig, platform: str, strict: bool) -> _Catalog:
     src = cfg.platforms[platform].catalog
     cat = _Catalog()
+    names = src.attributes
     for path in cfg.resolve(src.file, f"{platform} catalog"):
         fmt = detect_format(path, src.format)
-        for line, values, problem in read_rows(path, fmt, [src.id, src.text]):
+        # A JSON line may leave out an attribute (null); a CSV header or Parquet schema must have its column.
+        optional = frozenset(names) if fmt == "jsonl" else frozenset()
+        seen = dict.fromkeys(names, False)
+        rows = 0
+        for line, values, problem in read_rows(path, fmt, [src.id, src.text, *names], optional):
             cat.stats["rows_read"] += 1
+            rows += 1
             if values is None:
                 if strict:
                     raise DataError(path, line, problem or "malformed line")
@@ -91,6 +100,15 @@ def _read_catalog(cfg: SourceConfig, platform: str, strict: bool) -> _Catalog:
             if not title:
                 cat.stats["blank_title"] += 1
             cat.titles[item_id] = title
+            if names:
+                attrs = [normalize_text(v) or None for v in values[2:]]
+                for name, v in zip(names, attrs, strict=True):
+                    seen[name] = seen[name] or v is not None
+                cat.attributes[item_id] = attrs
+        missing = [n for n, found in seen.items() if not found]
+        if missing and fmt == "jsonl" and rows:
+            raise SourceError(f"{path}: no line has the attribute column {', '.join(map(repr, missing))} "
+                              f"named by [platforms.{platform}.catalog] attributes")
     return cat
 
 
@@ -194,8 +212,9 @@ def _table(columns: dict[str, list], schema: pa.Schema) -> pa.Table:
 
 
 def build_dataset(cfg: SourceConfig, out: Path, salt: str, strict: bool = False,
-                  console: Console | None = None) -> BuildResult:
-    """Read, clean, fuse and write. Raises DataError / SourceError; leaves no partial output."""
+                  console: Console | None = None, kg: bool = True) -> BuildResult:
+    """Read, clean, fuse and write (with the knowledge graph under kg/ unless `kg` is False). Raises
+    DataError / SourceError; leaves no partial output."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
     ids = _read_links(cfg, salt)
@@ -259,20 +278,14 @@ def build_dataset(cfg: SourceConfig, out: Path, salt: str, strict: bool = False,
     }
 
     with atomic_dir(out) as tmp:
-        items_cols: dict[str, list] = {"item_id": [], "platform": [], "title": []}
-        for p, cat in catalogs.items():
-            for item, title in cat.titles.items():
-                items_cols["item_id"].append(item_key(p, item))
-                items_cols["platform"].append(p)
-                items_cols["title"].append(title)
         s = pa.string()
-        pq.write_table(_table(items_cols, pa.schema([("item_id", s), ("platform", s), ("title", s)])),
-                       tmp / "items.parquet")
+        items_table = _items_table(cfg, catalogs)
+        pq.write_table(items_table, tmp / "items.parquet")
         ev_schema = pa.schema([("person", s), ("platform", s), ("item_id", s), ("ts", pa.int64()),
                                ("event", s)])
         cols = list(zip(*events, strict=True)) if events else [[]] * 5
-        pq.write_table(_table(dict(zip(ev_schema.names, map(list, cols), strict=True)), ev_schema),
-                       tmp / "events.parquet")
+        events_table = _table(dict(zip(ev_schema.names, map(list, cols), strict=True)), ev_schema)
+        pq.write_table(events_table, tmp / "events.parquet")
         acc_items = sorted(accounts.items())
         pq.write_table(_table({"platform": [k[0] for k, _ in acc_items],
                                "account": [account_key(salt, k[0], k[1]) for k, _ in acc_items],
@@ -283,9 +296,46 @@ def build_dataset(cfg: SourceConfig, out: Path, salt: str, strict: bool = False,
         tcols = list(zip(*targets, strict=True)) if targets else [[]] * 5
         pq.write_table(_table(dict(zip(t_schema.names, map(list, tcols), strict=True)), t_schema),
                        tmp / "targets.parquet")
+        if kg:
+            report["kg"] = _build_kg(items_table, events_table, tmp / KG_DIR, console)
         report["seconds"] = round(time.perf_counter() - started, 2)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return BuildResult(out, report, time.perf_counter() - started)
+
+
+def _items_table(cfg: SourceConfig, catalogs: dict[str, _Catalog]) -> pa.Table:
+    """item_id, platform, title, then every catalog's attribute columns (strings; null where a platform has
+    no such column or an item no value), in the order the mapping file first names them."""
+    names = list(dict.fromkeys(a for p in cfg.platforms for a in cfg.platforms[p].catalog.attributes))
+    cols: dict[str, list] = {"item_id": [], "platform": [], "title": [], **{n: [] for n in names}}
+    for p, cat in catalogs.items():
+        own = cfg.platforms[p].catalog.attributes
+        for item, title in cat.titles.items():
+            cols["item_id"].append(item_key(p, item))
+            cols["platform"].append(p)
+            cols["title"].append(title)
+            values = dict(zip(own, cat.attributes.get(item, [None] * len(own)), strict=True))
+            for n in names:
+                cols[n].append(values.get(n))
+    return _table(cols, pa.schema([(c, pa.string()) for c in cols]))
+
+
+def _build_kg(items: pa.Table, events: pa.Table, folder: Path, console: Console) -> dict[str, object]:
+    """The knowledge graph of the dataset (training/kg) into `folder`; its summary for the report."""
+    started = time.perf_counter()
+    from training.kg.context import minilm_title_encoder
+    from training.kg.graph import build_graph, write_graph
+    from training.kg.link import minilm_encoder
+
+    show = console.is_terminal
+    attributes = [c for c in items.column_names if c not in ("item_id", "platform", "title")]
+    name_encoder, title_encoder = minilm_encoder(progress=show), minilm_title_encoder(show)  # imports torch
+    setup = time.perf_counter() - started
+    graph = build_graph(items, events, attributes, name_encoder, title_encoder)
+    sizes = write_graph(graph, folder)
+    seconds = {**graph.summary["seconds"], "setup": round(setup, 2),  # type: ignore[dict-item]
+               "total": round(time.perf_counter() - started, 2)}
+    return {**graph.summary, "seconds": seconds, "bytes": sizes}
 
 
 _SHORT = {"malformed_line": "malformed", "blank_account": "blank acct", "blank_item": "blank item",

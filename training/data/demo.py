@@ -39,31 +39,43 @@ PLATFORMS = ("shop", "video", "news")
 CUTOFF = datetime(2024, 6, 1, tzinfo=UTC)
 
 
-def _title(rng: random.Random, platform: str, topic: str) -> str:
+def _title(rng: random.Random, platform: str, topic: str) -> tuple[str, str | None]:
+    """An item's title, and its brand (shop items only)."""
     noun = rng.choice(TOPICS[topic])
     adj = rng.choice(ADJECTIVES)
     if platform == "shop":
-        return f"{rng.choice(BRANDS)} {adj} {noun} ({rng.choice(['1 pack', '2 pack', 'large', 'small'])})"
+        brand = rng.choice(BRANDS)
+        return f"{brand} {adj} {noun} ({rng.choice(['1 pack', '2 pack', 'large', 'small'])})", brand
     if platform == "video":
         return rng.choice([f"How to choose a {adj} {noun}", f"{noun.title()} review: is the {adj} one worth it?",
-                           f"10 {topic} tips with a {noun}", f"Beginner's guide to {topic}: the {noun}"])
+                           f"10 {topic} tips with a {noun}", f"Beginner's guide to {topic}: the {noun}"]), None
     return rng.choice([f"Why {adj} {noun}s are back in {topic}", f"The {topic} world reacts to a new {noun}",
-                       f"Ask an expert: {noun} care for {topic} fans", f"{topic.title()} report: {adj} {noun} prices"])
+                       f"Ask an expert: {noun} care for {topic} fans",
+                       f"{topic.title()} report: {adj} {noun} prices"]), None
 
 
-def write_demo(out: Path, people: int = 3000, items_per_platform: int = 1500, seed: int = 0) -> Path:
-    """Write the sample under `out`; returns the path of its mapping file."""
+def write_demo(out: Path, people: int = 3000, items_per_platform: int = 1500, seed: int = 0,
+               attributes: bool = False) -> Path:
+    """Write the sample under `out`; returns the path of its mapping file.
+
+    The shop's catalog always has `brand` and `category_path` ("Shop > <topic>") columns and the video site's
+    a `topic` column; with `attributes` the mapping file names them (`attributes = [...]`), so the dataset's
+    items carry them and the knowledge graph takes brands and categories from them rather than the titles.
+    """
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     topics = list(TOPICS)
 
     # Catalogs: each item has a topic and a Zipf-like popularity.
     catalog: dict[str, list[tuple[str, str, str, float]]] = {}
+    brands: dict[str, str | None] = {}
     for p in PLATFORMS:
         rows = []
         for i in range(items_per_platform):
             topic = topics[i % len(topics)]
-            rows.append((f"{p[0].upper()}{i:05d}", _title(rng, p, topic), topic, 1.0 / (1 + i // len(topics))))
+            item_id = f"{p[0].upper()}{i:05d}"
+            title, brands[item_id] = _title(rng, p, topic)
+            rows.append((item_id, title, topic, 1.0 / (1 + i // len(topics))))
         catalog[p] = rows
     by_topic = {p: {t: [r for r in catalog[p] if r[2] == t] for t in topics} for p in PLATFORMS}
 
@@ -120,8 +132,8 @@ def write_demo(out: Path, people: int = 3000, items_per_platform: int = 1500, se
     (out / "shop").mkdir(exist_ok=True)
     with (out / "shop" / "products.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["product_id", "product_name", "topic"])
-        w.writerows((i, title, topic) for i, title, topic, _ in catalog["shop"])
+        w.writerow(["product_id", "product_name", "topic", "brand", "category_path"])
+        w.writerows((i, title, topic, brands[i], f"Shop > {topic}") for i, title, topic, _ in catalog["shop"])
     with (out / "shop" / "orders.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["user", "product_id", "kind", "ordered_at"])
@@ -163,7 +175,12 @@ def write_demo(out: Path, people: int = 3000, items_per_platform: int = 1500, se
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
     mapping = out / "mapping.toml"
-    mapping.write_text(DEMO_MAPPING, encoding="utf-8")
+    text = DEMO_MAPPING
+    if attributes:
+        text = text.replace('text = "product_name" }',
+                            'text = "product_name", attributes = ["brand", "category_path"] }')
+        text = text.replace('text = "caption" }', 'text = "caption", attributes = ["topic"] }')
+    mapping.write_text(text, encoding="utf-8")
     return mapping
 
 

@@ -95,12 +95,36 @@ class _FileSource(_Strict):
         return self
 
 
+# Names an attribute column cannot take: the dataset's own item columns, and the bundle's packed attributes.
+RESERVED_ATTRIBUTES = frozenset({"item_id", "platform", "title", "attributes"})
+
+
 class CatalogSource(_FileSource):
     file: str
     format: Format | None = None
     delimiter: Delimiter = None
     id: str = Field(description="column holding the item id")
     text: str = Field(description="column holding the item text (title)")
+    attributes: list[str] = Field(default_factory=list, description="extra catalog columns carried into the "
+                                  "dataset's items as strings (e.g. brand, category_path)")
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _one_or_many_attributes(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name.strip():
+                raise ValueError("an attribute column name is blank")
+            if name in RESERVED_ATTRIBUTES:
+                raise ValueError(f"attribute column {name!r} clashes with a dataset column "
+                                 f"({', '.join(sorted(RESERVED_ATTRIBUTES))})")
+        if len(set(v)) != len(v):
+            raise ValueError(f"attribute columns repeat: {v}")
+        return v
 
 
 class PlatformSource(_FileSource):
