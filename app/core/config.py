@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     ranked_cache_size: int = 20_000
     ranked_cache_depth: int = 50
     ranked_cache_ttl_s: float = 300.0
+    # Python's garbage collector (gen0, gen1, gen2 thresholds), set after start-up froze what it loaded
+    gc_thresholds: tuple[int, int, int] = (50_000, 20, 100)
     # Profiles kept in memory: the fallback while Redis is down.
     profile_lru_size: int = 50_000
     embed_cache_size: int = 10_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -57,11 +57,33 @@ class LRU(Generic[K, V]):
         return len(self._data)
 
 
+class Fragments:
+    """Result JSON fragments made on first use by `render(indices) -> [bytes]`, then kept. (Two threads may
+    render the same one at once: both make the same bytes.)"""
+
+    __slots__ = ("_made", "_render")
+
+    def __init__(self, n: int, render: Callable[[list[int]], list[bytes]]) -> None:
+        self._made: list[bytes | None] = [None] * n
+        self._render = render
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    def get(self, indices: list[int]) -> list[bytes]:
+        missing = [i for i in indices if self._made[i] is None]
+        if missing:
+            for i, frag in zip(missing, self._render(missing), strict=True):
+                self._made[i] = frag
+        return [self._made[i] for i in indices]  # type: ignore[misc]
+
+
 @dataclass(frozen=True)
 class RankedEntry:
     """A person's re-ranked candidates for one platform, ready to send.
 
-    `fragments[i]` is the JSON of result i (item, title, score, reasons). `candidate_rows` is every item
+    `fragments.get([i])` is the JSON of result i (item, title, score, reasons), rendered when first sent: a
+    request sends k of the `depth` results an entry keeps. `candidate_rows` is every item
     the ranking re-ranked (catalog rows of `catalog_version`): a request's excluded items that are not
     among them cannot change the ranking, so such a request is still answered from here (exactly as a fresh
     computation would answer it). Rows in an array, not ids in a set: thousands of entries stay cheap for
@@ -71,7 +93,7 @@ class RankedEntry:
     catalog_version: int
     profile_seq: int
     item_ids: tuple[str, ...]
-    fragments: tuple[bytes, ...]
+    fragments: Fragments
     candidate_rows: np.ndarray
     cold_start: bool
     complete: bool  # the fragments cover every result there was (a shorter answer is the whole answer)

@@ -22,7 +22,7 @@ import numpy as np
 from app.core.config import Settings
 from app.core.metrics import Metrics
 from app.services.batching import MicroBatcher
-from app.services.cache import LRU, RankedCache, RankedEntry, RankedKey
+from app.services.cache import LRU, Fragments, RankedCache, RankedEntry, RankedKey
 from app.services.catalog_ops import check_item_platform
 from app.services.errors import InputError
 from app.services.model_bundle import LoadedBundle
@@ -274,8 +274,8 @@ class Recommender:
             elif len(history) == 0:  # cold start with nothing to go on: the platform's popular items
                 depth = max(self.depth, ask.k + len(exclude_rows))
                 base = popular(catalog, ask.target, depth)
-                frags = self._fragments(bundle, catalog, history, base, ask)
-                entry = RankedEntry(catalog.version, profile.seq, _ids(catalog, base.rows), tuple(frags),
+                frags = self._lazy_fragments(bundle, catalog, history, base, ask)
+                entry = RankedEntry(catalog.version, profile.seq, _ids(catalog, base.rows), frags,
                                     _NO_ROWS, True, len(base.rows) < depth)
                 if w.cache_it:
                     self.cache.put(self.key(bundle, ask), entry, since)
@@ -332,7 +332,7 @@ class Recommender:
             depth = max(self.depth, ask.k)
             top = Ranked(ranked.rows[:depth], ranked.scores[:depth], ranked.candidates)
             entry = RankedEntry(catalog.version, w.profile.seq, _ids(catalog, top.rows),
-                                tuple(self._fragments(bundle, catalog, history, top, ask)),
+                                self._lazy_fragments(bundle, catalog, history, top, ask),
                                 ranked.candidates, cold, len(ranked.rows) <= depth)
             self.cache.put(self.key(bundle, ask), entry, since)
             if not _among(w.exclude_rows, entry.candidate_rows):
@@ -359,6 +359,15 @@ class Recommender:
             return History.from_ids(catalog, merged.item_ids, merged.platforms, merged.ts), None
         history = History.from_ids(catalog, profile.item_ids, profile.platforms, profile.ts)
         return history, profile.vecs.get(target)
+
+    def _lazy_fragments(self, bundle: LoadedBundle, catalog: Catalog, history: History, ranked: Ranked, ask: Ask
+                        ) -> Fragments:
+        """`_fragments` of each result when first sent (reasons and JSON of the k sent, not of all cached)."""
+        def render(idx: list[int]) -> list[bytes]:
+            sub = np.asarray(idx, dtype=np.int64)
+            return self._fragments(bundle, catalog, history, Ranked(ranked.rows[sub], ranked.scores[sub],
+                                                                    ranked.candidates), ask)
+        return Fragments(len(ranked.rows), render)
 
     def _fragments(self, bundle: LoadedBundle, catalog: Catalog, history: History, ranked: Ranked, ask: Ask
                    ) -> list[bytes]:
@@ -603,9 +612,10 @@ def _num(x: float) -> bytes:
 def _take(entry: RankedEntry, exclude: frozenset[str], k: int) -> list[bytes] | None:
     """The first k fragments not excluded; None when the entry holds too few to answer."""
     if exclude:
-        frags = [f for i, f in zip(entry.item_ids, entry.fragments, strict=True) if i not in exclude][:k]
+        idx = [i for i, item in enumerate(entry.item_ids) if item not in exclude][:k]
     else:
-        frags = list(entry.fragments[:k])
+        idx = list(range(min(k, len(entry.item_ids))))
+    frags = entry.fragments.get(idx)
     if len(frags) < k and not entry.complete:
         return None
     return frags

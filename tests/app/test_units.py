@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.services.cache import LRU, RankedCache, RankedEntry
+from app.services.cache import LRU, Fragments, RankedCache, RankedEntry
 from app.services.onnx import CPU, CUDA, select_providers
 from app.services.retrieval import Catalog, IndexParams, PlatformIndex
 from contract.features import knn_candidates, knn_dense, knn_scores
@@ -113,6 +113,19 @@ def test_catalog_changes_are_copy_on_write() -> None:
     assert list(new.rows_of(["a:1", "zzz"])) == [7, -1]
 
 
+def test_fragments_are_rendered_once_and_only_when_sent() -> None:
+    asked: list[list[int]] = []
+
+    def render(idx: list[int]) -> list[bytes]:
+        asked.append(idx)
+        return [f'{{"i":{i}}}'.encode() for i in idx]
+
+    frags = Fragments(50, render)
+    assert frags.get([0, 1, 2]) == [b'{"i":0}', b'{"i":1}', b'{"i":2}']
+    assert frags.get([1, 3]) == [b'{"i":1}', b'{"i":3}']
+    assert asked == [[0, 1, 2], [3]] and len(frags) == 50  # 46 of 50 never made
+
+
 def test_lru_and_ranked_cache_invalidation_race() -> None:
     lru: LRU[str, int] = LRU(2)
     lru.put("a", 1)
@@ -121,7 +134,7 @@ def test_lru_and_ranked_cache_invalidation_race() -> None:
     lru.put("c", 3)
     assert lru.get("b") is None and lru.get("a") == 1
     cache = RankedCache(10, ttl=60)
-    entry = RankedEntry(0, 0, ("x",), (b"{}",), np.array([0]), False, True)
+    entry = RankedEntry(0, 0, ("x",), Fragments(1, lambda idx: [b"{}"] * len(idx)), np.array([0]), False, True)
     since = cache.epoch()
     cache.invalidate_person("v", "p1", 2)  # an event arrives while the list is being computed
     cache.put(("v", "p1", 0, True, True), entry, since)
