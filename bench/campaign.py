@@ -3,6 +3,7 @@ endpoint POST /v1/batch/score, on the same persons, bundle and Redis.
 
     .venv/bin/python bench/campaign.py                          # the tiny test fixture bundle (built here)
     .venv/bin/python bench/campaign.py --bundle bundles/fk-v1 --persons 53000 --platform kitchen
+    .venv/bin/python bench/campaign.py --bundle B --salt S --persons 1000 --modes in-process --compare 1000
 
 Persons: the bundle's history persons, cycled to --persons (every one is scored from scratch each time:
 campaign reads do not write profiles back, so nothing is cached between repeats). Each mode gets a fresh
@@ -90,6 +91,36 @@ def run_http(bundle: Path, ids: list[str], platform: str, k: int, salt: str, wor
             "rows": rows - len(range(0, n, 100_000))}
 
 
+def compare_with_service(bundle: Path, salt: str, work: Path, out_dir: Path, platform: str, k: int, n: int
+                         ) -> dict:
+    """The first `n` persons of a campaign's output against `POST /v1/recommend` of a running `xrec serve` on
+    the same bundle: the same items in the same order, and the scores."""
+    table = pq.read_table(out_dir, columns=["person", "rank", "item_id", "score"]).to_pylist()
+    by_person: dict[str, list[dict]] = {}
+    for row in table:
+        by_person.setdefault(row["person"], []).append(row)
+    persons = sorted(by_person)[:n]
+    server = Server(bundle, salt, work, load_timeout_s=300)
+    same, max_diff = 0, 0.0
+    try:
+        for person in persons:
+            body = json.dumps({"person_id": person, "platform": platform, "k": k}).encode()
+            req = urllib.request.Request(server.url + "/v1/recommend", data=body, method="POST",
+                                         headers={"Content-Type": "application/json", "X-API-Key": BENCH_KEY})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                served = json.loads(r.read())["items"]
+            ours = sorted(by_person[person], key=lambda row: row["rank"])
+            if [it["item_id"] for it in served] == [row["item_id"] for row in ours]:
+                same += 1
+                max_diff = max([max_diff] + [abs(it["score"] - row["score"]) for it, row in zip(served, ours,
+                                                                                              strict=True)])
+    finally:
+        server.stop()
+    print(f"compare: {same:,} of {len(persons):,} persons get the same {k} items in the same order from "
+          f"`xrec batch score` and POST /v1/recommend; max score difference {max_diff:.2e}", file=sys.stderr)
+    return {"persons": len(persons), "same_items_and_order": same, "max_score_diff": max_diff}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, help="default: build the tiny test fixture bundle")
@@ -101,6 +132,8 @@ def main() -> None:
     ap.add_argument("--part-size", type=int, default=2_000)
     ap.add_argument("--modes", default="in-process,ray,http")
     ap.add_argument("--json", type=Path, help="write the figures here too")
+    ap.add_argument("--compare", type=int, default=0,
+                    help="then compare the first N persons of the in-process (else ray) output with /v1/recommend")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="xrec-bench-campaign-") as tmp:
@@ -127,6 +160,10 @@ def main() -> None:
             else:
                 results.append(run_campaign(bundle, persons, platform, args.k, salt, work, mode == "ray",
                                             args.workers, args.part_size))
+        compared = None
+        if args.compare:
+            out = work / ("out-solo" if "in-process" in args.modes.split(",") else "out-ray")
+            compared = compare_with_service(bundle, salt, work, out, platform, args.k, args.compare)
     print("| mode | workers | persons | seconds | persons/s | first part after | persons/s after first part |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
@@ -135,7 +172,8 @@ def main() -> None:
         print(f"| {r['mode']} | {r['workers']} | {r['persons']:,} | {r['seconds']:.1f} | {r['persons_per_s']:,.0f} "
               f"| {first} | {steady} |")
     if args.json:
-        args.json.write_text(json.dumps({"bundle": str(args.bundle or "tiny fixture"), "results": results}, indent=2))
+        args.json.write_text(json.dumps({"bundle": str(args.bundle or "tiny fixture"), "results": results,
+                                         "compared": compared}, indent=2))
 
 
 if __name__ == "__main__":
