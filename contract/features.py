@@ -4,8 +4,9 @@ numpy only: the service imports this, and it never imports torch.
 
 - `history_inputs()`: a person's fused history → the user encoder's arrays (last `max_len` events,
   right-aligned so the newest event is always at the last position, time-gap buckets, mask).
-- `knn_dense()` / `knn_scores()`: item-KNN co-occurrence scores given a history (a scorer feature and a
-  baseline); `knn_candidates()`: the best of them, added to retrieval's candidates.
+- `knn_dense()` / `knn_scores()`: item-KNN scores given a history, from any neighbour table (co-occurrence,
+  sequential, mixed: a scorer feature and a baseline); `knn_candidates()`: the best of them, added to
+  retrieval's candidates.
 - `scorer_extras()`: the scalar features the re-ranking scorer sees beside the user and item vectors;
   `candidate_features()` computes them from a history and candidate rows (what both sides call).
 - `user_encoder_feeds()`: the user encoder's whole input, for a batch of histories.
