@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from training.baselines.ease import EASE
-from training.baselines.itemknn import NEIGHBOUR_TABLES, ItemKNN
+from training.baselines.itemknn import ItemKNN, build_tables
 from training.evaluate import Query, metrics_from_ranks, ranks
 from training.sequences import Dataset
 
@@ -43,10 +43,7 @@ def choose_neighbours(ds: Dataset, keep: np.ndarray, valid: Sequence[Query], dec
                       kinds: Sequence[str] = ("co-occurrence", "sequential", "mixed")) -> Neighbours:
     """The best (table, decay) on valid NDCG@10. `keep`: bool per event of `ds.timelines`, False for events
     the tables must not see (the scorer's held-out targets). `kinds`: tables of `NEIGHBOUR_TABLES` to try."""
-    unknown = sorted(set(kinds) - set(NEIGHBOUR_TABLES))
-    if unknown:
-        raise ValueError(f"unknown neighbour table {unknown}: choose from {sorted(NEIGHBOUR_TABLES)}")
-    tables = {kind: NEIGHBOUR_TABLES[kind](ds.timelines, ds.n_items, keep=keep) for kind in kinds}
+    tables = build_tables(ds.timelines, ds.n_items, kinds, keep=keep)
     ease = None
     if ease_lambda > 0:
         ease = EASE(lam=ease_lambda).fit(ds, keep=keep)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from training.baselines import ALS, EASE, ItemKNN, Popularity, TextZeroShot, build_neighbours, build_transitions
-from training.baselines.itemknn import build_mixed
+from training.baselines.itemknn import build_mixed, build_tables
 from training.data.build import build_dataset
 from training.data.demo import write_demo
 from training.data.sources import load_sources
@@ -134,3 +134,16 @@ def test_mixed_table_holds_both_opinions():
     mixed, weight = build_mixed(tl, 3, k=2, shrink=0.0)
     assert set(co[0].tolist()) == {1, 2} and set(seq[0].tolist()) - {-1} == {1}
     assert mixed[0].tolist() == [1, 2] and weight[0, 0] > weight[0, 1] > 0  # sequential counts more
+
+
+def test_building_every_table_at_once_gives_each_builders_table():
+    tl = _timelines([[3, 0, 1, 2], [0, 1, 2], [2, 3, 0], [1, 3]])
+    keep = np.ones(len(tl.items), dtype=bool)
+    keep[4] = False
+    at_once = build_tables(tl, 4, ("co-occurrence", "sequential", "mixed"), k=3, keep=keep)
+    alone = {"co-occurrence": build_neighbours(tl, 4, k=3, keep=keep),
+             "sequential": build_transitions(tl, 4, k=3, keep=keep), "mixed": build_mixed(tl, 4, k=3, keep=keep)}
+    for kind, (index, weight) in alone.items():
+        assert np.array_equal(at_once[kind][0], index) and np.allclose(at_once[kind][1], weight), kind
+    with pytest.raises(ValueError, match="unknown neighbour table"):
+        build_tables(tl, 4, ("co-occurrence", "cosine"))
