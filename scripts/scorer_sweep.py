@@ -5,18 +5,24 @@
 Each argument is RETRIEVAL,KNN: retrieval's top RETRIEVAL plus up to KNN item-KNN candidates. The two-tower
 and the item-KNN table stay as trained; the scorer's held-out queries are the ones training used. Valid only:
 this is how `knn_candidates` of the default profile was chosen. The checkpoint is not modified.
+
+XREC_SWEEP_DEV=0.2 (a share) also keeps that share of the scorer's held-out queries out of its training and
+reports NDCG@10 on them ("dev"): several thousand queries, where valid's ~1,000 cannot tell apart changes of
+a few thousandths (for comparing code versions: scorer features, training settings).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 
 from contract.features import SCORER_EXTRAS
-from training.evaluate import evaluate_models, make_queries
+from training.evaluate import evaluate_models, make_queries, metrics_from_ranks, ranks
 from training.report import model_rankers
 from training.train import TrainConfig, holdout_last_events, scorer_queries, train_scorer
 
@@ -30,6 +36,11 @@ def main(checkpoint: Path, specs: list[str]) -> None:
     held = holdout_last_events(ds.timelines, cfg.scorer_extra_holdout, cfg.seed)
     train_q = scorer_queries(ds.timelines, held, cfg.history)
     valid = make_queries(ds, "valid")
+    dev_share = float(os.environ.get("XREC_SWEEP_DEV", "0"))
+    order = np.random.default_rng(1234).permutation(len(train_q))
+    n_dev = int(dev_share * len(train_q))
+    dev = [train_q[i] for i in order[:n_dev]]
+    train_q = [train_q[i] for i in order[n_dev:]] if n_dev else train_q
 
     for spec in specs:
         ranker.candidates, ranker.knn_candidates = (int(x) for x in spec.split(","))
@@ -37,10 +48,12 @@ def main(checkpoint: Path, specs: list[str]) -> None:
         res = evaluate_models(ds, {"final": ranker.final}, "valid", protocols=("full", "new_to_platform"),
                               log=lambda _: None)["final"]
         full, bk = res["full"]["overall"], res["full"]["bucket"]
+        dev_part = f"; dev ({len(dev):,}) NDCG@10 {metrics_from_ranks(ranks(ds, dev, ranker.final))['ndcg@10']:.4f}" \
+            if dev else ""
         print(f"retrieval {ranker.candidates} + knn {ranker.knn_candidates}: {log['train_examples']:,} scorer "
               f"examples; valid NDCG@10 {full['ndcg@10']:.4f} Recall@10 {full['recall@10']:.4f} "
               f"1-2 bucket NDCG@10 {bk['1-2'].get('ndcg@10', 0):.4f} "
-              f"new-to-platform NDCG@10 {res['new_to_platform']['overall']['ndcg@10']:.4f}", flush=True)
+              f"new-to-platform NDCG@10 {res['new_to_platform']['overall']['ndcg@10']:.4f}{dev_part}", flush=True)
 
 
 if __name__ == "__main__":
