@@ -37,6 +37,9 @@ class _Job(Generic[T]):
     item: T
     future: Future
     arrived: float  # time.monotonic()
+    # `run`'s callers: their asyncio future, set from the loop (one wake-up of the loop per batch, not per job)
+    loop: asyncio.AbstractEventLoop | None = None
+    waiter: asyncio.Future | None = None
 
 
 @dataclass
@@ -95,27 +98,35 @@ class MicroBatcher(Generic[T, R]):
             except queue.Empty:
                 break
             if job is not None and job.future.set_running_or_notify_cancel():
-                job.future.set_exception(RuntimeError("the service is shutting down"))
+                _settle([job], [RuntimeError("the service is shutting down")])
 
     # ---- callers -------------------------------------------------------------------------------------------
 
     def submit(self, item: T) -> Future:
         """Queue one item; its future gets the result. Raises Overloaded when the queue is full."""
+        return self._put(item).future
+
+    def _put(self, item: T, loop: asyncio.AbstractEventLoop | None = None) -> _Job[T]:
         if self._thread is None:
             self.start()
         now = time.monotonic()
         self._gap += 0.2 * (min(now - self._last, self._cap) - self._gap)
         self._last = now
-        future: Future = Future()
+        job = _Job(item, Future(), now, loop, loop.create_future() if loop is not None else None)
         try:
-            self._queue.put_nowait(_Job(item, future, now))
+            self._queue.put_nowait(job)
         except queue.Full:
             raise Overloaded(f"{self._queue.maxsize} requests are already waiting to be computed") from None
-        return future
+        return job
 
     async def run(self, item: T) -> R:
-        """`submit` for the event loop: awaits the result without blocking the loop."""
-        return await asyncio.wrap_future(self.submit(item))
+        """`submit` for the event loop: awaits the result without blocking the loop. A batch's answers reach
+        the loop in one wake-up (`_deliver`): one per request cost ~8% of a cold request's CPU at c=16."""
+        job = self._put(item, asyncio.get_running_loop())
+        assert job.waiter is not None
+        # the caller gone (client disconnected): the worker skips the job if it has not started it
+        job.waiter.add_done_callback(lambda w: job.future.cancel() if w.cancelled() else None)
+        return await job.waiter
 
     # ---- the worker ----------------------------------------------------------------------------------------
 
@@ -171,11 +182,7 @@ class MicroBatcher(Generic[T, R]):
             except Exception as e:  # process answers per item; this is a bug in it, not in one request
                 log.exception("%s: a batch failed as a whole", self.name)
                 results = [e] * len(live)
-            for job, result in zip(live, results, strict=True):
-                if isinstance(result, BaseException):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
+            _settle(live, results)
         if self.after_batch is not None:
             try:
                 self.after_batch()
@@ -184,3 +191,28 @@ class MicroBatcher(Generic[T, R]):
 
     def reset_stats(self) -> None:
         self.stats = BatchStats()
+
+
+def _settle(jobs: Sequence[_Job], results: Sequence[object]) -> None:
+    """Each job's result or exception into its future; `run`'s jobs in one call per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, object]]] = {}
+    for job, result in zip(jobs, results, strict=True):
+        if job.loop is not None and job.waiter is not None:
+            by_loop.setdefault(job.loop, []).append((job.waiter, result))
+        elif isinstance(result, BaseException):
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(result)
+    for loop, pairs in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_deliver, pairs)
+
+
+def _deliver(pairs: list[tuple[asyncio.Future, object]]) -> None:
+    for waiter, result in pairs:
+        if waiter.done():  # cancelled meanwhile
+            continue
+        if isinstance(result, BaseException):
+            waiter.set_exception(result)
+        else:
+            waiter.set_result(result)

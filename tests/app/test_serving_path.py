@@ -410,6 +410,57 @@ def test_a_full_queue_refuses_at_once() -> None:
         b.stop()
 
 
+
+def test_awaited_requests_get_their_own_answers_and_a_cancelled_one_is_skipped() -> None:
+    """`run` (the service's path): each awaiting request gets its own result or its own exception, a batch's
+    answers reach the loop in one wake-up, and a request whose caller went away before its batch started is
+    never computed."""
+    gate = threading.Event()
+    computed: list[int] = []
+
+    def process(items: list[int]) -> list[int | BaseException]:
+        gate.wait(5)
+        computed.extend(items)
+        return [ValueError(f"bad {i}") if i == 3 else i * 10 for i in items]
+
+    b: MicroBatcher[int, int | BaseException] = MicroBatcher(process, window_s=0.002, max_batch=16,
+                                                             max_queue=100)
+    b.start()
+
+    async def scenario() -> list[object]:
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        real = loop.call_soon_threadsafe
+
+        def counting(*args, **kwargs):  # counts the batcher's wake-ups of this loop
+            nonlocal wakeups
+            wakeups += 1
+            return real(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        blocker = asyncio.ensure_future(b.run(100))  # holds the worker until the gate opens
+        await asyncio.sleep(0.05)
+        tasks = [asyncio.ensure_future(b.run(i)) for i in range(6)]
+        gone = asyncio.ensure_future(b.run(99))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.sleep(0.01)  # the cancellation reaches the batcher's side
+        gate.set()
+        out = await asyncio.gather(blocker, *tasks, return_exceptions=True)
+        loop.call_soon_threadsafe = real  # type: ignore[method-assign]
+        return [out, wakeups]
+
+    try:
+        (out, wakeups) = asyncio.run(scenario())
+    finally:
+        gate.set()
+        b.stop()
+    assert out[0] == 1000
+    assert out[1:4] == [0, 10, 20] and out[5:] == [40, 50]
+    assert isinstance(out[4], ValueError) and str(out[4]) == "bad 3"
+    assert 99 not in computed  # cancelled while waiting: skipped
+    assert wakeups <= b.stats.batches  # one wake-up per batch, not per request
+
 # ---- 3. indexes from the bundle ----------------------------------------------------------------------------
 
 
