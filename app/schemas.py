@@ -179,11 +179,19 @@ class Reason(BaseModel):
     weight: float
 
 
+class RecommendReason(Reason):
+    """A history item behind a result; `entity`/`text` when the result shares a brand, product type or
+    category with it in the knowledge graph (then `weight` is 0 unless its vector is among the nearest too)."""
+
+    entity: str | None = Field(default=None, description="the shared entity's name, e.g. a brand")
+    text: str | None = Field(default=None, description='e.g. "same brand (Melitta) as “…” in your grocery history"')
+
+
 class RecommendedItem(BaseModel):
     item_id: str
     title: str
     score: float
-    reasons: list[Reason]
+    reasons: list[RecommendReason]
 
 
 class RecommendResponse(BaseModel):

@@ -14,6 +14,9 @@ A bundle is a folder `bundles/<version>/`:
   history.parquet        person, platform, item_id, ts — each person's recent fused history at the cut-off
   accounts.parquet       platform, account (keyed hash), person
   knn.npz                index int32 [n_items, K] (rows of items.parquet, -1 = none), weight float32 [n_items, K]
+  kg.npz                 (optional, manifest.kg) the items' knowledge-graph entities (`contract.kg.ItemEntities`):
+                         offsets int64 [n_items + 1], entities int32, names str [n_entities], kinds int8
+                         [n_entities]. Without it: no entity reasons, no KG candidates, KG features 0.
   indexes/<p>.faiss      (optional) platform p's retrieval index, FAISS ids = item rows (`contract.indexes`);
                          listed in manifest.indexes. Without them the service builds the indexes at start.
 
@@ -30,7 +33,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from contract.features import HISTORY_SNAPSHOT, N_TIME_BUCKETS, SCORER_EXTRAS
+from contract.features import HISTORY_SNAPSHOT, KG_EXTRAS, N_TIME_BUCKETS, SCORER_EXTRAS, scorer_features
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -82,6 +85,9 @@ class Manifest(BaseModel):
     retrieval_candidates: int = 100
     knn_candidates: int = Field(default=0, description="item-KNN candidates added to retrieval's before re-ranking")
     knn_decay: float = Field(default=1.0, description="`decay` for features.knn_scores (recency weighting)")
+    kg: str | None = Field(default=None, description="the items' entities file (kg.npz); None: no knowledge graph")
+    kg_candidates: int = Field(default=0, description="knowledge-graph candidates added for people new to a "
+                                                      "platform (contract.kg.kg_candidates)")
     models: dict[str, ModelFile]
     indexes: dict[str, IndexFile] = Field(default_factory=dict, description="platform → its index file")
     files: dict[str, FileEntry] = Field(default_factory=dict)
@@ -92,6 +98,11 @@ class Manifest(BaseModel):
     @property
     def has_scorer(self) -> bool:
         return "scorer" in self.models
+
+    @property
+    def kg_features(self) -> bool:
+        """Whether the scorer reads the knowledge-graph features (`features.KG_EXTRAS`) after SCORER_EXTRAS."""
+        return self.has_scorer and self.scorer_extras == list(scorer_features(True))
 
 
 class BundleError(Exception):
@@ -168,9 +179,9 @@ def check_compatible(manifest: Manifest, profile_max_events: int | None = None) 
     if manifest.n_time_buckets != N_TIME_BUCKETS:
         problems.append(f"trained with {manifest.n_time_buckets} time buckets, this version computes "
                         f"{N_TIME_BUCKETS}{_REEXPORT}")
-    if manifest.has_scorer and manifest.scorer_extras != list(SCORER_EXTRAS):
+    if manifest.has_scorer and manifest.scorer_extras not in (list(scorer_features(kg)) for kg in (False, True)):
         problems.append(f"the scorer was trained on features {manifest.scorer_extras}, this version computes "
-                        f"{list(SCORER_EXTRAS)}{_REEXPORT}")
+                        f"{list(SCORER_EXTRAS)} (+ {list(KG_EXTRAS)} with the knowledge graph){_REEXPORT}")
     if manifest.max_history > manifest.history_snapshot:
         problems.append(f"max_history {manifest.max_history} > history_snapshot {manifest.history_snapshot}")
     if profile_max_events is not None and profile_max_events < manifest.history_snapshot:

@@ -5,10 +5,12 @@ numpy only: the service imports this, and it never imports torch.
 - `history_inputs()`: a person's fused history → the user encoder's arrays (last `max_len` events,
   right-aligned so the newest event is always at the last position, time-gap buckets, mask).
 - `knn_dense()` / `knn_scores()`: item-KNN scores given a history, from any neighbour table (co-occurrence,
-  sequential, mixed: a scorer feature and a baseline); `knn_candidates()`: the best of them, added to
-  retrieval's candidates.
+  sequential, mixed: a scorer feature and a baseline); `knn_sparse()` (`KnnTable.scores`): the same scores
+  where not zero, what the ranking path reads; `knn_candidates()`: the best of them, added to retrieval's
+  candidates.
 - `scorer_extras()`: the scalar features the re-ranking scorer sees beside the user and item vectors;
-  `candidate_features()` computes them from a history and candidate rows (what both sides call).
+  `candidate_features()` computes them from a history and candidate rows (what both sides call), with the
+  knowledge-graph ones (`KG_EXTRAS`, `contract.kg`) appended for a scorer trained with them.
 - `user_encoder_feeds()`: the user encoder's whole input, for a batch of histories.
 """
 
@@ -18,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from contract.kg import ItemEntities, kg_features
 
 N_TIME_BUCKETS = 16  # 0 = padding, 1 = first event (no gap), 2.. = log2 of the gap in hours
 # Events per person the service keeps (and the bundle's history snapshot holds): more than the user encoder
@@ -35,6 +39,15 @@ SCORER_EXTRAS = (
     "log_knn",  # log1p(item-KNN co-occurrence score of the candidate given the whole fused history)
     "log_knn_target",  # the same from the history on the target platform alone: the scorer weighs the parts
 )
+# Appended to SCORER_EXTRAS for a scorer trained with `kg_features` (off by default: on Food-Kitchen they did
+# not lift valid, docs/results.md). Over the last HISTORY_SNAPSHOT events, log1p(events whose item shares a brand,
+# type or category with the candidate) on the other platforms (through linked entities) / on the target one.
+KG_EXTRAS = ("kg_other", "kg_target")
+
+
+def scorer_features(kg: bool) -> tuple[str, ...]:
+    """The scorer's feature names, in column order: SCORER_EXTRAS, + KG_EXTRAS with the knowledge-graph ones."""
+    return SCORER_EXTRAS + KG_EXTRAS if kg else SCORER_EXTRAS
 
 
 @dataclass(frozen=True)
@@ -115,8 +128,28 @@ class KnnTable:
     max_history: int
     decay: float = 1.0
 
-    def dense(self, history_rows: np.ndarray) -> np.ndarray:
-        return knn_dense(history_rows, self.index, self.weight, self.max_history, self.decay)
+    def scores(self, history_rows: np.ndarray) -> KnnScores:
+        return knn_sparse(history_rows, self.index, self.weight, self.max_history, self.decay)
+
+
+@dataclass(frozen=True)
+class KnnScores:
+    """`knn_dense` where it is not zero: what the ranking path reads. Its cost grows with the history and K,
+    not with the catalog (a dense vector per query cost ~2 ms at 1M items, 0.1 ms at 36k)."""
+
+    rows: np.ndarray  # int64, ascending, unique
+    values: np.ndarray  # float64, same length
+
+    def lookup(self, candidates: np.ndarray) -> np.ndarray:
+        """float32 score of each candidate row (0 for rows without one, e.g. -1 or unknown)."""
+        cand = np.asarray(candidates, dtype=np.int64)
+        out = np.zeros(len(cand), dtype=np.float32)
+        if len(self.rows) == 0 or len(cand) == 0:
+            return out
+        pos = np.minimum(np.searchsorted(self.rows, cand), len(self.rows) - 1)
+        hit = self.rows[pos] == cand
+        out[hit] = self.values[pos[hit]]
+        return out
 
 
 def knn_dense(history_items: np.ndarray, nbr_index: np.ndarray, nbr_weight: np.ndarray, max_history: int = 50,
@@ -139,6 +172,22 @@ def knn_dense(history_items: np.ndarray, nbr_index: np.ndarray, nbr_weight: np.n
     return np.bincount(idx[keep], weights=w[keep], minlength=n_items)
 
 
+def knn_sparse(history_items: np.ndarray, nbr_index: np.ndarray, nbr_weight: np.ndarray, max_history: int = 50,
+               decay: float = 1.0) -> KnnScores:
+    """`knn_dense` as (rows, values) of the rows some history item has as a neighbour: the same sums, added in
+    the same order (bit-identical values)."""
+    n_items = nbr_index.shape[0]
+    hist = np.asarray(history_items, dtype=np.int64)[-max_history:]
+    age = np.arange(len(hist) - 1, -1, -1)
+    valid = (hist >= 0) & (hist < n_items)
+    hist, age = hist[valid], age[valid]
+    idx = nbr_index[hist].ravel()
+    w = (nbr_weight[hist] * (decay ** age)[:, None]).ravel()
+    keep = idx >= 0
+    rows, inverse = np.unique(idx[keep].astype(np.int64), return_inverse=True)
+    return KnnScores(rows, np.bincount(inverse, weights=w[keep], minlength=len(rows)))
+
+
 def knn_lookup(dense: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """float32 knn score of each candidate row from `knn_dense` (0 for rows the table does not know)."""
     cand = np.asarray(candidates, dtype=np.int64)
@@ -154,27 +203,29 @@ def knn_scores(history_items: np.ndarray, candidates: np.ndarray, nbr_index: np.
     return knn_lookup(knn_dense(history_items, nbr_index, nbr_weight, max_history, decay), candidates)
 
 
-def knn_candidates(dense: np.ndarray, n: int, item_platform: np.ndarray, target: int, exclude: np.ndarray,
+def knn_candidates(scores: KnnScores, n: int, item_platform: np.ndarray, target: int, exclude: np.ndarray,
                    live: np.ndarray | None = None) -> np.ndarray:
     """Up to `n` rows of the target platform with the highest knn score (> 0), best first (ties: lower row).
 
-    `item_platform`/`live`: per row (at least as long as `dense`); `exclude`: rows never to return (seen,
+    `item_platform`/`live`: per row (at least as long as the table); `exclude`: rows never to return (seen,
     excluded by the request, already retrieved). Retrieval's candidates are completed with these so that the
     scorer also sees what co-occurrence alone would rank high.
     """
     if n <= 0:
         return np.zeros(0, dtype=np.int64)
-    rows = np.flatnonzero(dense > 0)
-    ok = item_platform[rows] == target
+    rows, values = scores.rows, scores.values
+    ok = (values > 0) & (item_platform[rows] == target)
     if live is not None:
         ok &= live[rows]
-    rows = rows[ok]
-    if len(exclude):
-        rows = rows[~np.isin(rows, exclude)]
+    if len(exclude) and len(rows):  # rows are sorted: find each excluded row by binary search
+        ex = np.asarray(exclude, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(rows, ex), len(rows) - 1)
+        ok[pos[rows[pos] == ex]] = False
+    rows, values = rows[ok], values[ok]
     if len(rows) > n:
-        top = np.argpartition(-dense[rows], n - 1)[:n]
-        rows = rows[top]
-    return rows[np.lexsort((rows, -dense[rows]))].astype(np.int64)
+        top = np.argpartition(-values, n - 1)[:n]
+        rows, values = rows[top], values[top]
+    return rows[np.lexsort((rows, -values))].astype(np.int64)
 
 
 def scorer_extras(dot: np.ndarray, popularity: np.ndarray, max_popularity: float, n_target: int,
@@ -197,17 +248,25 @@ def scorer_extras(dot: np.ndarray, popularity: np.ndarray, max_popularity: float
 
 def candidate_features(history: History, target: int, now: float, dots: np.ndarray, rows: np.ndarray,
                        popularity: np.ndarray, max_popularity: float, knn: KnnTable,
-                       knn_all: np.ndarray | None = None) -> np.ndarray:
-    """`scorer_extras` of candidates for one (history, target platform) query.
+                       knn_all: KnnScores | None = None, kg: ItemEntities | None = None) -> np.ndarray:
+    """`scorer_extras` of candidates for one (history, target platform) query: [n, len(scorer_features(kg is
+    not None))] float32.
 
     `dots`: u·v of each candidate; `rows`: their item rows (-1 for an item the tables do not know, e.g. free
-    text); `popularity`: theirs (0 when unknown); `knn_all`: `knn.dense(history.rows)` when the caller has it.
+    text); `popularity`: theirs (0 when unknown); `knn_all`: `knn.scores(history.rows)` when the caller has it;
+    `kg`: for a scorer with the KG features, the items' entities (empty: no knowledge graph, those are 0).
     """
     on_target = history.on(target)
     last_ts = int(history.ts[on_target].max()) if on_target.any() else None
     rows = np.asarray(rows, dtype=np.int64)
-    knn_whole = knn_lookup(knn.dense(history.rows) if knn_all is None else knn_all, rows)
-    knn_target = knn_lookup(knn.dense(history.rows[on_target]), rows)
-    return scorer_extras(dots, popularity, max_popularity, int(on_target.sum()), len(history),
-                         None if last_ts is None else (now - last_ts) / 86400.0,
-                         bool(len(history) and history.platforms[-1] == target), knn_whole, knn_target)
+    knn_whole = (knn.scores(history.rows) if knn_all is None else knn_all).lookup(rows)
+    knn_target = knn.scores(history.rows[on_target]).lookup(rows)
+    out = scorer_extras(dots, popularity, max_popularity, int(on_target.sum()), len(history),
+                        None if last_ts is None else (now - last_ts) / 86400.0,
+                        bool(len(history) and history.platforms[-1] == target), knn_whole, knn_target)
+    if kg is None:
+        return out
+    # The service keeps a person's last HISTORY_SNAPSHOT events; offline histories can be longer.
+    kg_other, kg_target = kg_features(kg, history.rows[-HISTORY_SNAPSHOT:], history.platforms[-HISTORY_SNAPSHOT:],
+                                      target, rows)
+    return np.column_stack([out, kg_other, kg_target])

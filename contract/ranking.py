@@ -1,4 +1,5 @@
-"""Retrieve, complete with item-KNN, re-rank: the one implementation the service and the evaluator both run.
+"""Retrieve, complete with item-KNN and the knowledge graph, re-rank: the one implementation the service and
+the evaluator both run.
 
 Only the model runtime differs, and it is plugged in as a `Backend`: ONNX Runtime + FAISS in the service
 (`app.services.ranking`), the trained torch modules + exact search offline (`training.pipeline`). Which
@@ -17,7 +18,16 @@ from typing import Protocol
 
 import numpy as np
 
-from contract.features import History, KnnTable, candidate_features, knn_candidates, user_encoder_feeds
+from contract.features import (
+    HISTORY_SNAPSHOT,
+    History,
+    KnnScores,
+    KnnTable,
+    candidate_features,
+    knn_candidates,
+    user_encoder_feeds,
+)
+from contract.kg import ItemEntities, kg_candidates
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -49,7 +59,7 @@ class Candidates:
     """One query's re-ranking inputs: candidate rows, their vectors' dot with the user, scorer features."""
 
     rows: np.ndarray
-    extras: np.ndarray  # [len(rows), len(SCORER_EXTRAS)]
+    extras: np.ndarray  # [len(rows), len(features.scorer_features(tables.kg_features))]
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,9 @@ class Tables:
     retrieval_candidates: int
     knn_candidates: int = 0
     live: np.ndarray | None = None  # bool [n_rows]; None = every row
+    kg: ItemEntities = field(default_factory=ItemEntities.empty)  # items' entities; empty: no knowledge graph
+    kg_candidates: int = 0  # for people new to the target platform: items sharing entities with their history
+    kg_features: bool = False  # the scorer reads the KG features (features.KG_EXTRAS) after SCORER_EXTRAS
 
     @property
     def max_history(self) -> int:
@@ -97,9 +110,11 @@ def user_vectors(backend: Backend, tables: Tables, histories: Sequence[History],
 def candidates(backend: Backend, tables: Tables, queries: Sequence[Query], user_vecs: np.ndarray,
                n: int | None = None) -> list[Candidates]:
     """Retrieval's top `n` (default `tables.retrieval_candidates`) per query, then up to `knn_candidates`
-    live, unseen target-platform items by item-KNN co-occurrence with the history; and their features."""
+    live, unseen target-platform items by item-KNN co-occurrence with the history, then (a query with no
+    history on the target platform) up to `kg_candidates` sharing entities with it (`contract.kg`); and
+    their features."""
     n = n or tables.retrieval_candidates
-    knn_all = [tables.knn.dense(q.history.rows) for q in queries]
+    knn_all = [tables.knn.scores(q.history.rows) for q in queries]
     rows_of: list[np.ndarray] = [_EMPTY] * len(queries)
     by_target: dict[int, list[int]] = {}
     for i, q in enumerate(queries):
@@ -112,10 +127,16 @@ def candidates(backend: Backend, tables: Tables, queries: Sequence[Query], user_
         else:  # filtered queries: only a backend that filters gets them (the service's)
             found = backend.search(target, user_vecs[idx], n, excl, allowed)  # type: ignore[call-arg]
         for i, ex, rows in zip(idx, excl, found, strict=True):
+            live = queries[i].allowed if queries[i].allowed is not None else tables.live
             if tables.knn_candidates and backend.has_scorer:
-                live = queries[i].allowed if queries[i].allowed is not None else tables.live
                 more = knn_candidates(knn_all[i], tables.knn_candidates, tables.item_platform, target,
                                       np.concatenate([ex, rows]), live)
+                rows = np.concatenate([rows, more])
+            if tables.kg_candidates and backend.has_scorer:  # none unless the target platform is new to them
+                h = queries[i].history
+                more = kg_candidates(tables.kg, h.rows[-HISTORY_SNAPSHOT:], h.platforms[-HISTORY_SNAPSHOT:],
+                                     target, tables.kg_candidates, tables.item_platform, tables.popularity,
+                                     np.concatenate([ex, rows]), live)
                 rows = np.concatenate([rows, more])
             rows_of[i] = rows
     return [Candidates(rows, features(tables, q, user_vecs[i], tables.vectors[rows], rows, knn_all[i]))
@@ -123,12 +144,13 @@ def candidates(backend: Backend, tables: Tables, queries: Sequence[Query], user_
 
 
 def features(tables: Tables, q: Query, user_vec: np.ndarray, item_vecs: np.ndarray, rows: np.ndarray,
-             knn_all: np.ndarray | None = None) -> np.ndarray:
+             knn_all: KnnScores | None = None) -> np.ndarray:
     """Scorer features of items given by vector and row (-1 for items the tables do not hold, e.g. free text)."""
     rows = np.asarray(rows, dtype=np.int64)
     popularity = np.where(rows >= 0, tables.popularity[np.maximum(rows, 0)], 0.0)
     return candidate_features(q.history, q.target, q.now, item_vecs @ user_vec, rows, popularity,
-                              tables.max_popularity[q.target], tables.knn, knn_all)
+                              tables.max_popularity[q.target], tables.knn, knn_all,
+                              tables.kg if tables.kg_features else None)
 
 
 def rerank(backend: Backend, tables: Tables, user_vecs: np.ndarray, cands: Sequence[Candidates]) -> list[Ranked]:

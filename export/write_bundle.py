@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from contract.bundle import ITEM_ENCODER_INPUTS, Manifest, ModelFile, salt_fingerprint, write_manifest
-from contract.features import HISTORY_SNAPSHOT, SCORER_EXTRAS, user_encoder_feeds
+from contract.features import HISTORY_SNAPSHOT, scorer_features, user_encoder_feeds
 from contract.indexes import IndexParams, write_indexes
 from export.onnx import SCORER_INPUTS, USER_INPUTS, export_scorer, export_user_encoder
 from export.onnx_optimize import quantize_int8, to_fp16
@@ -130,6 +130,12 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
             shutil.copy2(src_accounts, tmp / "accounts.parquet")
         np.savez(tmp / "knn.npz", index=ckpt["knn_index"].astype(np.int32),
                  weight=ckpt["knn_weight"].astype(np.float32))
+        # The items' knowledge-graph entities: reasons, KG candidates and KG features read them (a dataset without
+        # a KG: no kg.npz, and the service computes as training did, with an empty table).
+        kg_file = None
+        if not ranker.kg.is_empty:
+            kg_file = "kg.npz"
+            ranker.kg.save(tmp / kg_file)
         # The retrieval indexes, built here with every core, so that the service only reads them.
         started = time.perf_counter()
         indexes = write_indexes(tmp, list(ds.platforms), np.asarray(ds.item_platform), vecs.astype(np.float32),
@@ -146,9 +152,10 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
         manifest = Manifest(model_version=version, dim=cfg.dim, platforms=ds.platforms,
                             max_history=cfg.max_history, n_time_buckets=cfg.n_time_buckets,
                             history_snapshot=HISTORY_SNAPSHOT,
-                            max_length=cfg.text_max_length, scorer_extras=list(SCORER_EXTRAS),
+                            max_length=cfg.text_max_length, scorer_extras=list(scorer_features(ranker.kg_features)),
                             retrieval_candidates=ranker.candidates,
                             knn_candidates=ranker.knn_candidates, knn_decay=float(ckpt.get("knn_decay", 1.0)),
+                            kg=kg_file, kg_candidates=ranker.kg_candidates if kg_file else 0,
                             models=models, indexes=indexes,
                             salt_fingerprint=salt_fingerprint(salt) if salt else "",
                             cutoff_ts=int(ds.timelines.ts.max()) if len(ds.timelines.ts) else None,

@@ -8,7 +8,7 @@ items). `bench/skew.py` holds the two against each other on a real bundle.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ import torch
 from contract import ranking
 from contract.bundle import USER_ENCODER_INPUTS
 from contract.features import History, KnnTable, user_encoder_feeds
+from contract.kg import ItemEntities
 from training.evaluate import Query
 from training.model import Scorer, TwoTower
 from training.sequences import Dataset
@@ -98,7 +99,9 @@ class Prepared:
 @dataclass
 class Ranker:
     """Two-tower retrieval, optionally re-ranked by the scorer over retrieval's top `candidates` plus up to
-    `knn_candidates` items by item-KNN co-occurrence with the history (`contract.ranking`)."""
+    `knn_candidates` items by item-KNN co-occurrence with the history and, for people new to the target
+    platform, up to `kg_candidates` sharing knowledge-graph entities with it (`contract.ranking`). `kg`: the
+    items' entities (`training.kg.table.item_entities` of the dataset; empty: no KG, its features are 0)."""
 
     model: TwoTower
     ds: Dataset
@@ -110,6 +113,9 @@ class Ranker:
     scorer: Scorer | None = None
     candidates: int = 100
     knn_candidates: int = 0
+    kg: ItemEntities = field(default_factory=ItemEntities.empty)
+    kg_candidates: int = 0
+    kg_features: bool = False  # the scorer reads features.KG_EXTRAS too (its width: scorer_features(True))
 
     def __post_init__(self) -> None:
         self.platform_items = {p: self.ds.platform_items(p) for p in range(len(self.ds.platforms))}
@@ -121,7 +127,8 @@ class Ranker:
     def tables(self) -> ranking.Tables:
         knn = KnnTable(self.knn_index, self.knn_weight, self.model.cfg.max_history, self.knn_decay)
         return ranking.Tables(self.item_vecs, self.popularity, self.ds.item_platform, self.max_pop, knn,
-                              self.candidates, self.knn_candidates)
+                              self.candidates, self.knn_candidates, kg=self.kg, kg_candidates=self.kg_candidates,
+                              kg_features=self.kg_features)
 
     def user_vectors(self, queries: Sequence[Query]) -> np.ndarray:
         return ranking.user_vectors(self.backend(), self.tables(), [as_contract_query(q).history for q in queries],
@@ -175,7 +182,10 @@ def user_vectors(model: TwoTower, item_vecs: np.ndarray, queries: Sequence[Query
 
 def checkpoint_ranker(model: TwoTower, scorer: Scorer | None, ckpt: dict, ds: Dataset, text_vecs: np.ndarray
                       ) -> Ranker:
-    """The Ranker a checkpoint written by `training.train` describes, over these text vectors."""
+    """The Ranker a checkpoint written by `training.train` describes, over these text vectors. A checkpoint
+    from before the knowledge graph has no "kg": an empty table, no KG candidates, no KG features."""
     return Ranker(model, ds, item_vectors(model, text_vecs, ds.item_platform), ckpt["popularity"],
                   ckpt["knn_index"], ckpt["knn_weight"], ckpt.get("knn_decay", 1.0), scorer,
-                  ckpt.get("candidates", 100), ckpt.get("knn_candidates", 0))
+                  ckpt.get("candidates", 100), ckpt.get("knn_candidates", 0),
+                  ItemEntities.from_arrays(ckpt.get("kg"), ds.n_items), ckpt.get("kg_candidates", 0),
+                  ckpt.get("kg_features", False))

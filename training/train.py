@@ -11,7 +11,8 @@ The loop:
   5. scorer: starts from the best of retrieval, neighbours alone and blends, then listwise epochs over
      retrieval's top-100 + the neighbours' top-100, kept only where the choice queries improve;
   6. the final ranking against every baseline on valid (first line of the evaluation report);
-  7. checkpoint: model config + weights + scorer + neighbour table + metrics; export needs only model.py.
+  7. checkpoint: model config + weights + scorer + neighbour table + the items' knowledge-graph entities
+     + metrics; export needs only model.py.
 """
 
 from __future__ import annotations
@@ -28,19 +29,44 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from contract.features import scorer_features
 from training.baselines import ALS, Popularity
 from training.evaluate import Query, bootstrap_win_share, make_queries, metrics_from_ranks, ndcg_per_query, ranks
 from training.finetune import TextTower
+from training.kg.table import item_entities
 from training.model import SCORER_STARTS, ModelConfig, Scorer, TwoTower
 from training.neighbours import Neighbours, choose_neighbours
 from training.pipeline import Ranker, item_vectors
 from training.sequences import Dataset, Timelines, load_dataset
 from training.text_vectors import text_dim
 from training.windows import Windows, batches, chunk_by_tokens, make_windows
+
+
+class FederatedConfig(BaseModel):
+    """The `[federated]` table: how `xrec train --federated` trains the two-tower (training/federated.py,
+    docs/federated.md). Only read with `--federated`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: int = Field(12, ge=1)  # server rounds (fewer when `max_minutes` or `patience` stop it first)
+    local_steps: int = Field(0, ge=0)  # steps per platform per round; 0: one pass over the platform's own windows
+    proximal_mu: float = Field(0.0, ge=0.0)  # FedProx's μ (0: FedAvg)
+    # False: a platform's client sees each person's events on that platform only. True: it also sees linked
+    # people's events on the other platforms (their fused history) — only where the platforms have agreed to share.
+    cross_platform_history: bool = False
+    dp_clip: float = Field(0.0, ge=0.0)  # > 0: clip each platform's update of the shared parameters to this L2 norm
+    dp_noise_multiplier: float = Field(0.0, ge=0.0)  # > 0: Gaussian noise (std z·clip/n) on the average; needs dp_clip
+    dp_delta: float = Field(1e-5, gt=0.0, lt=1.0)  # the δ that ε is reported at
+
+    @model_validator(mode="after")
+    def _noise_needs_clipping(self) -> FederatedConfig:
+        if self.dp_noise_multiplier > 0 and self.dp_clip <= 0:
+            raise ValueError("dp_noise_multiplier > 0 needs dp_clip > 0 (noise is calibrated to the clip norm)")
+        return self
 
 
 class TrainConfig(BaseModel):
@@ -75,12 +101,21 @@ class TrainConfig(BaseModel):
     choice_min: int = 500
     candidates: int = 100  # retrieval's top N for the scorer to re-rank
     knn_candidates: int = 0  # + the N best item-KNN items retrieval missed (unseen, same platform)
+    # Knowledge graph (the dataset's kg/; docs/kg.md). Both off by default: on Food-Kitchen neither lifted valid
+    # NDCG@10 (features 0.1380 vs 0.1408 without; 50 candidates changed nothing; docs/results.md). The items'
+    # entities travel to the bundle either way: the service's reasons name shared brands with them.
+    # The scorer's KG features (contract.features.KG_EXTRAS): events sharing a brand/type/category with the item.
+    kg_features: bool = False
+    # + for people new to the target platform, the N target-platform items sharing the most knowledge-graph
+    # entities with their other platforms' history (contract.kg.kg_candidates).
+    kg_candidates: int = 0
     knn_decays: list[float] = [1.0, 0.8, 0.65, 0.5]  # recency decays of the neighbour table, chosen on valid
     knn_tables: list[str] = ["co-occurrence", "sequential", "mixed"]  # neighbour tables to choose from on valid
     # EASE as a neighbour-table candidate (0: co-occurrence only). Off by default: on Food-Kitchen EASE won as
     # a plain ranking on valid (0.0965 vs 0.0872) yet made the scorer worse (valid 0.1191 vs 0.1295).
     ease_lambda: float = 0.0
     text_cache: Path | None = Path(".cache/text-vectors")
+    federated: FederatedConfig = Field(default_factory=FederatedConfig)  # the [federated] table
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: object) -> TrainConfig:
@@ -305,6 +340,12 @@ def train_two_tower(state: TrainState, windows: Windows, valid: list[Query], con
     return {"best_valid_ndcg@10": best, "epochs": history}
 
 
+# How `train` fits the two-tower: `train_two_tower` (pooled), or a replacement with its signature and result
+# shape ({"best_valid_ndcg@10", "epochs": [{"minutes", ...}], ...}) such as `training.federated.federated_two_tower`.
+TwoTowerFit = Callable[[TrainState, Windows, list[Query], Console, Callable[[int, float], None] | None],
+                       dict[str, object]]
+
+
 def scorer_examples(ranker: Ranker, queries: list[Query]) -> tuple[torch.Tensor, ...]:
     """(user, item, extras, is_real, label) for queries whose target is among the candidates. Candidate
     lists differ in length (item-KNN adds a varying number): padded to the longest, `is_real` marks them."""
@@ -457,9 +498,10 @@ def compare_on_valid(ranker: Ranker, nb: Neighbours, valid: list[Query], log: di
 
 
 def train(cfg: TrainConfig, console: Console | None = None,
-          on_epoch: Callable[[int, float], None] | None = None) -> Path:
+          on_epoch: Callable[[int, float], None] | None = None, two_tower: TwoTowerFit | None = None) -> Path:
     """Train and write `cfg.out/checkpoint.pt` + `cfg.out/train.json`; returns the checkpoint path.
-    `on_epoch`: see `train_two_tower`."""
+    `on_epoch`: see `train_two_tower`. `two_tower`: what fits the two-tower (default `train_two_tower`); every
+    other step is the same whatever fits it."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -473,7 +515,7 @@ def train(cfg: TrainConfig, console: Console | None = None,
     is_target[held] = False
 
     model_cfg = replace(cfg.model, n_items=ds.n_items, n_platforms=len(ds.platforms),
-                        text_dim=text_dim(cfg.model.text_model))
+                        text_dim=text_dim(cfg.model.text_model), scorer_extras=len(scorer_features(cfg.kg_features)))
     text = TextTower(ds, model_cfg, cfg.text_cache, console)
     model = TwoTower(model_cfg)
     # A batch brings about (targets + history) ≈ 2 × 8 items per window.
@@ -502,7 +544,7 @@ def train(cfg: TrainConfig, console: Console | None = None,
     choice = valid + check_q
     console.print(f"choices on {len(valid):,} valid targets + {len(check_q):,} held-out last events")
     log = {"config": json.loads(cfg.model_dump_json()), "choice_queries": {"valid": len(valid), "held_out": n_check},
-           "two_tower": train_two_tower(state, windows, choice, console, on_epoch)}
+           "two_tower": (two_tower or train_two_tower)(state, windows, choice, console, on_epoch)}
 
     vecs = item_vectors(model, text.all_vectors(), ds.item_platform)
     # Neighbours over the timelines the model trained on (target-only ones link no platforms), without the
@@ -510,8 +552,11 @@ def train(cfg: TrainConfig, console: Console | None = None,
     nb = choose_neighbours(ds, train_keep, choice, cfg.knn_decays, cfg.ease_lambda, model_cfg.max_history,
                            log=console.print, kinds=cfg.knn_tables)
     popularity = np.bincount(tl.items[keep], minlength=ds.n_items).astype(np.float64)
+    # The items' knowledge-graph entities (empty for a dataset built with --no-kg): scorer features, candidates.
+    kg = item_entities(cfg.dataset, ds.item_ids)
     ranker = Ranker(model, ds, vecs, popularity, nb.index, nb.weight, nb.decay, candidates=cfg.candidates,
-                    knn_candidates=cfg.knn_candidates)
+                    knn_candidates=cfg.knn_candidates, kg=kg, kg_candidates=cfg.kg_candidates,
+                    kg_features=cfg.kg_features)
     log["neighbours"] = {"chosen": nb.name, "decay": nb.decay, "valid_ndcg@10": nb.tried}
     if cfg.scorer and len(train_q):
         log["scorer"] = train_scorer(ranker, train_q, choice, cfg, console)
@@ -535,6 +580,9 @@ def train(cfg: TrainConfig, console: Console | None = None,
         "knn_source": nb.name,
         "candidates": cfg.candidates,
         "knn_candidates": cfg.knn_candidates,
+        "kg": kg.arrays(),
+        "kg_candidates": cfg.kg_candidates,
+        "kg_features": cfg.kg_features,
         "popularity": popularity,
         "log": log,
     }, ckpt)

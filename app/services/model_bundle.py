@@ -37,6 +37,7 @@ from contract.bundle import (
 )
 from contract.features import KnnTable
 from contract.indexes import index_rows, read_index
+from contract.kg import ItemEntities
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +228,13 @@ def _load(path: Path, settings: Settings) -> LoadedBundle:
     knn_index, knn_weight = knn["index"].astype(np.int64), knn["weight"].astype(np.float32)
     if knn_index.shape[0] != len(item_ids):
         raise BundleError(f"knn.npz: {knn_index.shape[0]} rows, items.parquet has {len(item_ids)}")
+    # The items' entities: a bundle exported without a knowledge graph (or before it) has none.
+    kg = ItemEntities.load(path / manifest.kg) if manifest.kg else ItemEntities.empty(len(item_ids))
+    if kg.n_items != len(item_ids):
+        raise BundleError(f"{manifest.kg}: {kg.n_items} rows, items.parquet has {len(item_ids)}")
     models = Models(user_encoder, scorer, manifest.retrieval_candidates,
-                    KnnTable(knn_index, knn_weight, manifest.max_history, manifest.knn_decay), manifest.knn_candidates)
+                    KnnTable(knn_index, knn_weight, manifest.max_history, manifest.knn_decay), manifest.knn_candidates,
+                    kg, manifest.kg_candidates, manifest.kg_features)
 
     hist = _read(path / "history.parquet", ["person", "platform", "item_id", "ts"])
     hist = hist.filter(pc.is_in(hist.column("platform"), value_set=pa.array(manifest.platforms)))

@@ -17,7 +17,7 @@ A person with an empty history is answered with `popular(catalog, target, k)` in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -26,6 +26,7 @@ from app.services.retrieval import Catalog
 from contract import ranking
 from contract.features import History as _History
 from contract.features import KnnTable
+from contract.kg import ItemEntities
 from contract.ranking import Query, Ranked
 
 __all__ = ["History", "Models", "Query", "Ranked", "popular", "rank", "score_items", "user_vectors"]
@@ -42,6 +43,9 @@ class Models:
     retrieval_candidates: int
     knn: KnnTable  # knn.npz with manifest.max_history and manifest.knn_decay
     knn_candidates: int = 0  # manifest.knn_candidates: item-KNN items added to retrieval's candidates
+    kg: ItemEntities = field(default_factory=ItemEntities.empty)  # kg.npz; empty: the bundle has no KG
+    kg_candidates: int = 0  # manifest.kg_candidates: KG items added for people new to the target platform
+    kg_features: bool = False  # manifest.kg_features: the scorer reads the KG features
 
     @property
     def max_history(self) -> int:
@@ -92,9 +96,10 @@ class OnnxBackend:
 
 
 def tables(models: Models, catalog: Catalog) -> ranking.Tables:
-    # `live`: what may be recommended (item-KNN candidates): live and available rows.
+    # `live`: what may be recommended (item-KNN and KG candidates): live and available rows.
     return ranking.Tables(catalog.vectors, catalog.popularity, catalog.platform, catalog.max_popularity,
-                          models.knn, models.retrieval_candidates, models.knn_candidates, catalog.recommendable)
+                          models.knn, models.retrieval_candidates, models.knn_candidates, catalog.recommendable,
+                          models.kg, models.kg_candidates, models.kg_features)
 
 
 def user_vectors(models: Models, catalog: Catalog, histories: Sequence[_History], targets: Sequence[int]

@@ -42,6 +42,7 @@ from app.services.retrieval import Catalog
 from app.services.rules import Rules, allowed_mask, bought_rows, capped, diversify
 from app.services.variants import Served, Variant
 from contract.ids import account_key, unlinked_person_key
+from contract.kg import ItemEntities, other_platform_entities, shared_entity
 
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 
@@ -386,11 +387,22 @@ class Recommender:
                                              + (',"score":' if kind == "result" else ',"weight":')).encode()
             return got
 
+        # Knowledge-graph reasons name other platforms' items: only for reads that may see every platform. Most
+        # results share no entity with that history: a set lookup finds the few that need `shared_entity`.
+        kg = bundle.models.kg
+        reach = (set() if kg.is_empty or not ask.all_reasons else
+                 set(other_platform_entities(kg, history.rows, history.platforms, ask.target).tolist()))
+        entity = [_entity_reason(kg, catalog, platforms, history, ask.target, row)
+                  if reach and not reach.isdisjoint(kg.of(row).tolist()) else None for row in ranked.rows.tolist()]
         out = []
         for i, (row, score) in enumerate(zip(ranked.rows.tolist(), ranked.scores.tolist(), strict=True)):
-            reasons = b",".join(piece(r, "reason") + _num(round(w, 6)) + b"}"
-                                for r, w in zip(reason_rows[i].tolist(), reason_w[i].tolist(), strict=True) if r >= 0)
-            out.append(piece(row, "result") + _num(score) + b',"reasons":[' + reasons + b"]}")
+            why = entity[i]
+            parts = [piece(r, "reason") + _num(round(w, 6)) + (why[1] if why and why[0] == r else b"") + b"}"
+                     for r, w in zip(reason_rows[i].tolist(), reason_w[i].tolist(), strict=True) if r >= 0]
+            if why and why[0] not in reason_rows[i]:
+                # Not among the items most like the result by vector: a reason of its own, with no vector weight.
+                parts.append(piece(why[0], "reason") + b"0.0" + why[1] + b"}")
+            out.append(piece(row, "result") + _num(score) + b',"reasons":[' + b",".join(parts) + b"]}")
         return out
 
     def _explain(self, bundle: LoadedBundle, catalog: Catalog, history: History, result_vecs: np.ndarray,
@@ -602,6 +614,28 @@ def _live_rows(catalog: Catalog, item_ids: frozenset[str]) -> np.ndarray:
 def _among(rows: np.ndarray, candidate_rows: np.ndarray) -> bool:
     """Whether any of these catalog rows is one of an entry's candidates."""
     return bool(len(rows)) and bool(np.isin(rows, candidate_rows).any())
+
+
+_KIND_WORDS = {"brand": "brand", "type": "kind of product", "category": "category"}
+
+
+def _entity_reason(kg: ItemEntities, catalog: Catalog, platforms: list[str], history: History, target: int,
+                   row: int) -> tuple[int, bytes] | None:
+    """(history row, the reason's extra JSON members) when the result shares a brand, product type or category
+    with an item of the person's history on another platform (`contract.kg.shared_entity`), e.g. "entity":
+    "Melitta","text":"same brand (Melitta) as “Melitta Cone Coffee Filters …” in your grocery history"."""
+    found = shared_entity(kg, history.rows, history.platforms, target, row)
+    if found is None:
+        return None
+    pos, ent = found
+    hist_row = int(history.rows[pos])
+    title = catalog.titles[hist_row]
+    title = title if len(title) <= 60 else title[:59].rstrip() + "…"
+    name = str(kg.names[ent])
+    text = (f"same {_KIND_WORDS[kg.kind(ent)]} ({name}) as “{title}” in your "
+            f"{platforms[int(history.platforms[pos])]} history")
+    members = {"entity": name, "text": text}
+    return hist_row, b"," + json.dumps(members, ensure_ascii=False, separators=(",", ":"))[1:-1].encode()
 
 
 def _num(x: float) -> bytes:

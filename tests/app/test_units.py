@@ -14,7 +14,7 @@ import pytest
 from app.services.cache import LRU, Fragments, RankedCache, RankedEntry
 from app.services.onnx import CPU, CUDA, select_providers
 from app.services.retrieval import Catalog, IndexParams, PlatformIndex
-from contract.features import knn_candidates, knn_dense, knn_scores
+from contract.features import knn_candidates, knn_dense, knn_lookup, knn_scores, knn_sparse
 from contract.ids import account_key, unlinked_person_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,14 +30,35 @@ def test_knn_scores_and_candidates_by_hand() -> None:
     assert np.allclose(dense, [0.5, 0.25, 0.4, 0.45, 0, 0])
     assert np.allclose(knn_scores(np.array([0, 1]), np.array([3, 2, 9, -1]), index, weight, decay=0.5),
                        [0.45, 0.4, 0, 0])
+    # The sparse form the ranking path reads: the nonzero rows, the same values, the same lookups.
+    sparse = knn_sparse(np.array([0, 1]), index, weight, decay=0.5)
+    assert sparse.rows.tolist() == [0, 1, 2, 3] and np.array_equal(sparse.values, dense[:4])
+    assert np.allclose(sparse.lookup(np.array([3, 2, 9, -1, 5])), [0.45, 0.4, 0, 0, 0])
+    assert knn_sparse(np.array([4]), index, weight).lookup(np.array([0, 4])).tolist() == [0, 0]
     # Platform 0, best first, zero scores never: 0, 2, 1 (3 is platform 1; 4 and 5 score 0).
-    assert knn_candidates(dense, 5, platform, 0, np.zeros(0, dtype=np.int64)).tolist() == [0, 2, 1]
-    assert knn_candidates(dense, 2, platform, 0, np.zeros(0, dtype=np.int64)).tolist() == [0, 2]
-    assert knn_candidates(dense, 5, platform, 0, np.array([0, 1])).tolist() == [2]  # seen / retrieved
+    none = np.zeros(0, dtype=np.int64)
+    assert knn_candidates(sparse, 5, platform, 0, none).tolist() == [0, 2, 1]
+    assert knn_candidates(sparse, 2, platform, 0, none).tolist() == [0, 2]
+    assert knn_candidates(sparse, 5, platform, 0, np.array([0, 1, 7])).tolist() == [2]  # seen / retrieved
     live = np.array([True, True, False, True, True, True])
-    assert knn_candidates(dense, 5, platform, 0, np.zeros(0, dtype=np.int64), live).tolist() == [0, 1]
-    assert knn_candidates(dense, 0, platform, 0, np.zeros(0, dtype=np.int64)).tolist() == []
-    assert knn_candidates(knn_dense(np.array([4]), index, weight), 5, platform, 0, np.zeros(0)).tolist() == []
+    assert knn_candidates(sparse, 5, platform, 0, none, live).tolist() == [0, 1]
+    assert knn_candidates(sparse, 0, platform, 0, none).tolist() == []
+    assert knn_candidates(knn_sparse(np.array([4]), index, weight), 5, platform, 0, none).tolist() == []
+
+
+def test_sparse_knn_scores_equal_the_dense_ones_on_a_random_table() -> None:
+    rng = np.random.default_rng(0)
+    n, k = 500, 20
+    index = rng.integers(-1, n, (n, k)).astype(np.int32)
+    weight = rng.random((n, k)).astype(np.float32)
+    for _ in range(20):
+        hist = rng.integers(0, n, rng.integers(0, 80))
+        dense = knn_dense(hist, index, weight, 50, 0.65)
+        sparse = knn_sparse(hist, index, weight, 50, 0.65)
+        assert np.array_equal(sparse.values, dense[sparse.rows])  # bit-identical sums
+        assert not np.delete(dense, sparse.rows).any()  # nothing else is nonzero
+        cands = rng.integers(-1, n + 5, 100)
+        assert np.array_equal(sparse.lookup(cands), knn_lookup(dense, cands))
 
 
 def test_provider_choice_prefers_cuda_when_onnxruntime_offers_it() -> None:

@@ -128,3 +128,85 @@ def test_item_encoder_gives_new_items_the_trained_models_vectors(tiny_bundle):
         old = torch.nn.functional.normalize(tower.proj(pooled) + tower.platform(torch.from_numpy(plats)), dim=-1)
     old = old.numpy()
     assert ((old * expected).sum(1)).min() < 0.999
+
+
+
+def _load(bundle, tmp_path):
+    from app.core.config import Settings
+    from app.services.model_bundle import load_bundle
+
+    return load_bundle(bundle, Settings(_env_file=None, bundle_dir=bundle, id_salt="s", events_dir=tmp_path / "ev"))
+
+
+def test_the_kg_table_travels_from_the_dataset_to_the_service(tiny_bundle, tmp_path):
+    """The demo's knowledge graph: train() stores the items' entities in the checkpoint, export writes them as
+    kg.npz (listed in the manifest), the service loads them. By default the scorer does not read them."""
+    from contract.features import SCORER_EXTRAS
+    from contract.kg import ItemEntities
+    from training.kg.table import item_entities
+    from training.sequences import load_dataset
+
+    root = tiny_bundle.parents[1]
+    expected = item_entities(root / "ds", load_dataset(root / "ds").item_ids)
+    assert not expected.is_empty
+    ckpt = load_checkpoint(root / "run" / "checkpoint.pt").ckpt
+    m = read_manifest(tiny_bundle)
+    assert m.kg == "kg.npz" and "kg.npz" in m.files and m.kg_candidates == ckpt["kg_candidates"] == 0
+    assert m.scorer_extras == list(SCORER_EXTRAS) and not m.kg_features and not ckpt["kg_features"]
+    loaded = _load(tiny_bundle, tmp_path)
+    for name, a in expected.arrays().items():
+        assert np.array_equal(ItemEntities.from_arrays(ckpt["kg"]).arrays()[name], a), name
+        assert np.array_equal(loaded.models.kg.arrays()[name], a), name
+    assert not loaded.models.kg_features
+
+
+def test_an_old_checkpoint_without_kg_still_exports_and_loads(tiny_bundle, tmp_path):
+    """A checkpoint from before the knowledge graph (no "kg" keys): an empty table, no kg.npz, and it loads."""
+    root = tiny_bundle.parents[1]
+    ckpt = torch.load(root / "run" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    del ckpt["kg"], ckpt["kg_candidates"], ckpt["kg_features"]
+    (tmp_path / "old").mkdir()
+    torch.save(ckpt, tmp_path / "old" / "checkpoint.pt")
+    out = export_bundle(tmp_path / "old" / "checkpoint.pt", tmp_path / "bundles", version="old", salt="s",
+                        dataset=root / "ds", measure_variants=False, log=lambda _: None)
+    m = read_manifest(out)
+    assert m.kg is None and not (out / "kg.npz").exists() and m.kg_candidates == 0
+    loaded = _load(out, tmp_path)
+    assert loaded.models.kg.is_empty and loaded.models.scorer is not None
+
+
+def test_a_model_with_kg_features_and_candidates_serves_them(tiny_bundle, tmp_path, tiny_text_model):
+    """`kg_features = true`, `kg_candidates = 10`: the scorer is trained on SCORER_EXTRAS + KG_EXTRAS, the bundle
+    says so, and the service computes those features as the offline ranker does."""
+    from app.services.ranking import tables as service_tables
+    from contract import ranking
+    from contract.features import scorer_features
+    from training.evaluate import make_queries
+    from training.pipeline import as_contract_query
+    from training.report import model_rankers
+
+    root = tiny_bundle.parents[1]
+    ckpt = train(TrainConfig(dataset=root / "ds", out=tmp_path / "run", epochs=1, batch_tokens=256, scorer_epochs=1,
+                             text_cache=root / "cache", kg_features=True, kg_candidates=10,
+                             model=ModelConfig(dim=16, n_layers=1, text_model=tiny_text_model)))
+    assert load_checkpoint(ckpt).scorer.linear.in_features == len(scorer_features(True))
+    out = export_bundle(ckpt, tmp_path / "bundles", version="kg", salt="s", measure_variants=False,
+                        log=lambda _: None)
+    m = read_manifest(out)
+    assert m.scorer_extras == list(scorer_features(True)) and m.kg_features and m.kg_candidates == 10
+    assert m.models["scorer"].parity["max_abs_diff"] <= 1e-4
+    loaded = _load(out, tmp_path)
+    assert loaded.models.kg_features and loaded.models.kg_candidates == 10
+    ds, ranker = model_rankers(ckpt)
+    assert ranker.kg_features and ranker.kg_candidates == 10 and not ranker.kg.is_empty
+    online, offline = service_tables(loaded.models, loaded.catalog), ranker.tables()
+    n_kg = 0
+    for q in [q for q in make_queries(ds, "valid") if len(q.items)][:20]:
+        cq, rows = as_contract_query(q), ds.platform_items(q.platform)
+        u = ranker.user_vectors([q])[0]
+        a = ranking.features(online, cq, u, ranker.item_vecs[rows], rows)
+        b = ranking.features(offline, cq, u, ranker.item_vecs[rows], rows)
+        assert a.shape == b.shape == (len(rows), len(scorer_features(True)))
+        assert np.array_equal(a[:, -2:], b[:, -2:])
+        n_kg += int((a[:, -2:] > 0).any())
+    assert n_kg > 0, "some query has items sharing entities with its history"

@@ -346,3 +346,37 @@ def test_committed_rules_are_the_ones_the_sample_chooses(food_kitchen, tmp_path)
         assert (r["chosen"]["name"], r["chosen"]["context"]) == (LINK_RULES[kind].name, LINK_RULES[kind].context)
     assert result["committed"]["precision"] >= 0.9
     assert result["built_graph"]["precision"] >= 0.9
+
+
+# --- the table ranking reads (training/kg/table.py) ---------------------------------------------------------
+
+
+def test_item_entities_reads_the_item_entity_edges_in_the_datasets_item_order(tmp_path):
+    from training.kg.table import item_entities
+
+    folder = tmp_path / "kg"
+    folder.mkdir()
+    nodes = [("item:shop:a", "item", "A"), ("item:video:v", "item", "V"), ("brand:acme", "brand", "Acme"),
+             ("type:mug", "type", "mug"), ("category:shop:coffee", "category", "coffee"), ("person:p", "person", None)]
+    pq.write_table(pa.table({"node_id": [n[0] for n in nodes], "kind": [n[1] for n in nodes],
+                             "name": [n[2] for n in nodes], "platforms": [["shop"]] * len(nodes),
+                             "count": [1] * len(nodes), "component": [0] * len(nodes),
+                             "aliases": [[]] * len(nodes)}, schema=NODE_SCHEMA), folder / "nodes.parquet")
+    edges = [("item:shop:a", "brand:acme", "has_brand"), ("item:shop:a", "type:mug", "has_type"),
+             ("item:video:v", "brand:acme", "has_brand"), ("item:video:v", "category:shop:coffee", "in_category"),
+             ("item:shop:gone", "brand:acme", "has_brand"),  # an item the dataset no longer has
+             ("person:p", "item:shop:a", "review")]
+    pq.write_table(pa.table({"src": [e[0] for e in edges], "dst": [e[1] for e in edges],
+                             "relation": [e[2] for e in edges], "platform": ["shop"] * len(edges),
+                             "weight": [1.0] * len(edges), "source": ["title"] * len(edges)}, schema=EDGE_SCHEMA),
+                   folder / "edges.parquet")
+    t = item_entities(tmp_path, ["video:v", "shop:b", "shop:a"])  # the dataset's rows: v, b (no entities), a
+    names = [str(n) for n in t.names]
+    assert sorted(names) == ["Acme", "coffee", "mug"]
+    assert [names[e] for e in t.of(0)] == sorted(["Acme", "coffee"], key=names.index)
+    assert t.of(1).tolist() == []
+    assert sorted(names[e] for e in t.of(2)) == ["Acme", "mug"]
+    assert {names[e]: t.kind(e) for e in range(t.n_entities)} == {"Acme": "brand", "mug": "type", "coffee": "category"}
+    # A dataset built with --no-kg: an empty table of the dataset's size.
+    empty = item_entities(tmp_path / "nothing", ["a", "b"])
+    assert empty.is_empty and empty.n_items == 2
