@@ -119,6 +119,7 @@ def profile_toml(cfg: TrainConfig, header: list[str], tuned: set[str]) -> str:
     lines = [f"# {h}" for h in header] + [""]
     raw = cfg.model_dump(mode="python")
     model = raw.pop("model")
+    federated = raw.pop("federated")  # a table of its own, like [model]
 
     def emit(key: str, value: object, tuned_key: str) -> None:
         if value is None:  # TOML has no null: leave the key out (model keys: the default is None)
@@ -128,12 +129,15 @@ def profile_toml(cfg: TrainConfig, header: list[str], tuned: set[str]) -> str:
         lines.append(f"{key} = {_toml_value(value)}" + ("  # tuned" if tuned_key in tuned else ""))
 
     for f in TrainConfig.model_fields:
-        if f != "model":
+        if f not in ("model", "federated"):
             emit(f, raw[f], f)
     lines += ["", "[model]"]
     for f in fields(ModelConfig):
         if f.name not in DATA_FIXED:
             emit(f.name, model[f.name], f"model.{f.name}")
+    lines += ["", "[federated]  # read by `xrec train --federated` only"]
+    for k, v in federated.items():
+        emit(k, v, f"federated.{k}")
     return "\n".join(lines) + "\n"
 
 

@@ -111,6 +111,15 @@ def train_cmd(
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (smoke runs)")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed (overrides the profile)")] = None,
     evaluate: Annotated[bool, typer.Option(help="evaluate on test with baselines afterwards")] = True,
+    federated: Annotated[bool, typer.Option("--federated", help="train the two-tower with one Flower client per "
+                                                                "platform (the profile's [federated] table; "
+                                                                "docs/federated.md)")] = False,
+    rounds: Annotated[int | None, typer.Option(min=1, help="--federated: server rounds (overrides the "
+                                                           "profile)")] = None,
+    dp_clip: Annotated[float | None, typer.Option(min=0.0, help="--federated: clip each platform's shared update "
+                                                                "to this L2 norm")] = None,
+    dp_noise: Annotated[float | None, typer.Option(min=0.0, help="--federated: DP noise multiplier (needs "
+                                                                 "--dp-clip)")] = None,
 ) -> None:
     """Fine-tune the two-tower model and the re-ranking scorer; early stopping on valid."""
     from pydantic import ValidationError
@@ -119,14 +128,29 @@ def train_cmd(
 
     if not config.is_file():
         raise _fail(f"training profile not found: {config}")
+    if not federated and any(v is not None for v in (rounds, dp_clip, dp_noise)):
+        raise _fail("--rounds, --dp-clip and --dp-noise go with --federated")
     try:
         cfg = TrainConfig.from_toml(config, dataset=dataset, out=out, mode=mode, history=history, epochs=epochs,
                                     max_steps=max_steps, seed=seed)
+        fed = {k: v for k, v in (("rounds", rounds), ("dp_clip", dp_clip), ("dp_noise_multiplier", dp_noise))
+               if v is not None}
+        if fed:
+            cfg = cfg.model_validate(cfg.model_dump() | {"federated": cfg.federated.model_dump() | fed})
     except (ValidationError, ValueError) as e:
         raise _fail(f"{config}: {e}") from None
     if not (cfg.dataset / "events.parquet").is_file():
         raise _fail(f"{cfg.dataset}: not a built dataset (run `xrec data build` first)")
-    ckpt = train(cfg, console=err)
+    two_tower = None
+    if federated:
+        try:
+            from training.federated import federated_two_tower
+        except ModuleNotFoundError as e:
+            if not (e.name or "").startswith("flwr"):
+                raise
+            raise _fail("flwr is not installed: pip install -e '.[federated]' (docs/federated.md)") from None
+        two_tower = federated_two_tower
+    ckpt = train(cfg, console=err, two_tower=two_tower)
     if evaluate:
         from training.report import run_evaluation
 
