@@ -28,6 +28,13 @@ service's path (exact over the allowed rows up to XREC_FILTER_EXACT_MAX of them)
 adaptive over-fetch alone (`filter_exact_max` 0):
 
     .venv/bin/python bench/index.py --bundle B --filter-share 0.1 --sizes 100000 --queries 300
+
+The index files a bundle carries (`--bundle-indexes`, instead of the above): the bundle loaded by the service's
+loader (its memory-mapped HNSW/exact files, the service's efSearch), real user vectors as queries, each searched
+on its target platform through `Catalog.search` as /v1/recommend does, recall@k against exact search over that
+platform's items — e.g. on the 1M copy bench/serve.py --items 1000000 leaves under runs/bench/:
+
+    .venv/bin/python bench/index.py --bundle runs/bench/fk-v6-1000k --bundle-indexes --queries 1000
 """
 
 from __future__ import annotations
@@ -57,9 +64,10 @@ from common import (
 
 from app.core.config import Settings
 from app.services.onnx import make_session
-from app.services.ranking import History, user_vectors
+from app.services.ranking import History
 from app.services.retrieval import IndexParams, PlatformIndex
 from app.services.rules import Condition, Rules, allowed_mask
+from contract.features import user_encoder_feeds
 
 
 def load_real(bundle: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
@@ -97,11 +105,12 @@ def queries(bundle: Path, item_ids: list[str], vecs: np.ndarray, n: int, seed: i
     row_of = {item: r for r, item in enumerate(item_ids)}
     catalog = SimpleNamespace(vectors=vecs, rows_of=lambda ids: np.fromiter((row_of.get(i, -1) for i in ids),
                                                                              dtype=np.int64, count=len(ids)))
-    models = SimpleNamespace(user_encoder=session, max_history=int(manifest["max_history"]))
-    hs = [History.from_ids(catalog, [e[0] for e in by[p]], [e[1] for e in by[p]], [e[2] for e in by[p]])
+    max_history = int(manifest["max_history"])
+    hs = [History.from_ids(catalog, [e[0] for e in by[p]], [e[1] for e in by[p]], [e[2] for e in by[p]])  # type: ignore[arg-type]
           for p in persons]
     tg = [of[t] for t in targets]
-    u = np.concatenate([user_vectors(models, catalog, hs[i:i + 256], tg[i:i + 256])  # type: ignore[arg-type]
+    # the service's user-encoder input (contract.features.user_encoder_feeds), batches of 256 as it batches
+    u = np.concatenate([session.run(None, user_encoder_feeds(hs[i:i + 256], tg[i:i + 256], vecs, max_history))[0]
                         for i in range(0, len(hs), 256)])
     return np.ascontiguousarray(u, dtype=np.float32), np.array(tg, dtype=np.int64)
 
@@ -353,6 +362,29 @@ def bench_filtered(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def bundle_index_recall(bundle: Path, n_queries: int, k: int, seed: int) -> list[dict]:
+    """Per platform: recall@k of the bundle's own index files as the service searches them, real queries."""
+    from app.services.model_bundle import load_bundle
+
+    t0 = time.perf_counter()
+    catalog = load_bundle(bundle, Settings(_env_file=None)).catalog  # type: ignore[call-arg]
+    loaded = time.perf_counter() - t0
+    q, tq = queries(bundle, list(catalog.item_ids), catalog.vectors, n_queries, seed)
+    none = [np.zeros(0, dtype=np.int64)]
+    out = []
+    for p, index in sorted(catalog.indexes.items()):
+        sel = np.flatnonzero(tq == p)
+        if not len(sel):
+            continue
+        truth = exact_topk(catalog.vectors, np.flatnonzero(catalog.platform == p), q[sel], k)[1]
+        got = [catalog.search(p, q[j:j + 1], k, none)[0] for j in sel]
+        lat = latency(lambda j, p=p, sel=sel: catalog.search(p, q[sel[j % len(sel)]:sel[j % len(sel)] + 1], k, none),
+                      min(len(sel), 200))
+        out.append({"platform": p, "items": index.size, "index": index.kind, "k": k, "queries": int(len(sel)),
+                    "recall": recall(got, truth), "lat": lat, "load_s": loaded})
+    return out
+
+
 def _line(r: dict) -> str:
     knob = {"hnsw": f"efSearch {r['knob']}", "ivf": f"nprobe {r['knob']}", "exact": ""}[r["index"]]
     return (f"  {r['layout']:<12} {r['index']:<5} {knob:<13} build {r['build_s']:7.1f}s "
@@ -385,7 +417,19 @@ def main() -> None:
                     help="measure filtered retrieval instead: a filter keeping about this share of a platform")
     ap.add_argument("--hnsw-threshold", type=int, default=1000,
                     help="--filter-share: platforms above this many items get HNSW indexes")
+    ap.add_argument("--bundle-indexes", action="store_true",
+                    help="measure the bundle's own index files as the service loads and searches them")
     args = ap.parse_args()
+    if args.bundle_indexes:
+        rows = bundle_index_recall(args.bundle.resolve(), args.queries, args.k, args.seed)
+        for r in rows:
+            print(f"platform {r['platform']}: {r['items']:,} items, {r['index']} index from the bundle, "
+                  f"recall@{r['k']} {r['recall']:.4f} over {r['queries']} real queries (restricted to the "
+                  f"platform), p50 {r['lat']['p50_us'] / 1e3:.2f} ms one query at a time")
+        out = args.json or RUNS / "index-bundle.json"
+        write_json(out, {"bundle": str(args.bundle.resolve()), "machine": machine(), "git": git_rev(), "rows": rows})
+        print(f"figures: {out}")
+        return
     if args.filter_share is not None:
         rows = bench_filtered(args)
         out = args.json or RUNS / "index-filtered.json"
