@@ -82,6 +82,7 @@ class TrainConfig(BaseModel):
     lr: float = 2e-3
     weight_decay: float = 0.01
     negatives: int = 0  # 0: softmax over the platform's whole catalog; N: N sampled negatives + logQ
+    logq_correction: bool = True  # sampled softmax only: False is the ablation (popular items over-penalised)
     aux_text_weight: float = 0.0  # joint loss: also match the target's text-only vector
     patience: int = 3
     max_minutes: float = 22.0  # stop two-tower epochs when this much time has gone
@@ -245,7 +246,7 @@ def _loss(state: TrainState, batch, rng: np.random.Generator, first_events: np.n
         pos_in_cand = torch.searchsorted(rows[cand], t_rows[m])
         us = u[m] / temp  # scale the few queries, not the many logits
         logits = us @ vecs[cand].T
-        if cfg.negatives > 0:  # sampled softmax: remove the sampling bias (logQ)
+        if cfg.negatives > 0 and cfg.logq_correction:  # sampled softmax: remove the sampling bias (logQ)
             logits = logits - state.log_q[rows[cand]]
         losses.append(F.cross_entropy(logits, pos_in_cand, reduction="sum"))
         if text_only is not None:

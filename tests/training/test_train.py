@@ -93,6 +93,18 @@ def test_each_fine_tuning_mode_runs_a_step(demo_ds, tmp_path, mode, tiny_text_mo
     assert saved["model_args"]["mode"] == mode and saved["text"], "fine-tuned text weights travel with the model"
 
 
+
+def test_the_logq_ablation_switch_changes_the_sampled_softmax_and_nothing_else(demo_ds, tmp_path, tiny_text_model):
+    def first_step_loss(name: str, logq: bool) -> float:
+        cfg = TrainConfig(dataset=demo_ds, out=tmp_path / name, epochs=1, batch_tokens=64, negatives=16, max_steps=1,
+                          scorer=False, logq_correction=logq, text_cache=tmp_path / "cache",
+                          model=ModelConfig(dim=16, n_layers=1, text_model=tiny_text_model))
+        return torch.load(train(cfg), weights_only=False)["log"]["two_tower"]["epochs"][0]["loss"]
+
+    with_logq = first_step_loss("a", True)
+    assert first_step_loss("b", True) == pytest.approx(with_logq, rel=1e-6)  # the same seed: the same step
+    assert first_step_loss("c", False) != pytest.approx(with_logq, rel=1e-3)
+
 def test_a_baseline_that_wins_on_valid_is_what_ships(demo_ds, tmp_path, tiny_text_model):
     """One step of two-tower training leaves retrieval near random: the neighbour table wins on valid, the
     scorer ships it (nothing trained beats it), and the final ranking is that baseline's on valid."""
