@@ -159,33 +159,32 @@ def knn_dense(history_items: np.ndarray, nbr_index: np.ndarray, nbr_weight: np.n
     `nbr_index`/`nbr_weight` [n_items, K]: each item's top-K co-occurring items (-1 = none). age is 0 for
     the newest history item; decay < 1 favours what the person did last. Zero where nothing co-occurs.
     """
+    idx, w = _neighbour_weights(history_items, nbr_index, nbr_weight, max_history, decay)
+    return np.bincount(idx, weights=w, minlength=nbr_index.shape[0]) if len(idx) else np.zeros(nbr_index.shape[0])
+
+
+def _neighbour_weights(history_items: np.ndarray, nbr_index: np.ndarray, nbr_weight: np.ndarray, max_history: int,
+                       decay: float) -> tuple[np.ndarray, np.ndarray]:
+    """(neighbour row, decay^age(h) · sim(h, row)) for every neighbour of the last `max_history` history items
+    h, in history order: what `knn_dense` and `knn_sparse` add up."""
     n_items = nbr_index.shape[0]
     hist = np.asarray(history_items, dtype=np.int64)[-max_history:]
     age = np.arange(len(hist) - 1, -1, -1)
     valid = (hist >= 0) & (hist < n_items)
     hist, age = hist[valid], age[valid]
-    if len(hist) == 0:
-        return np.zeros(n_items)
     idx = nbr_index[hist].ravel()
     w = (nbr_weight[hist] * (decay ** age)[:, None]).ravel()
     keep = idx >= 0
-    return np.bincount(idx[keep], weights=w[keep], minlength=n_items)
+    return idx[keep].astype(np.int64), w[keep]
 
 
 def knn_sparse(history_items: np.ndarray, nbr_index: np.ndarray, nbr_weight: np.ndarray, max_history: int = 50,
                decay: float = 1.0) -> KnnScores:
     """`knn_dense` as (rows, values) of the rows some history item has as a neighbour: the same sums, added in
     the same order (bit-identical values)."""
-    n_items = nbr_index.shape[0]
-    hist = np.asarray(history_items, dtype=np.int64)[-max_history:]
-    age = np.arange(len(hist) - 1, -1, -1)
-    valid = (hist >= 0) & (hist < n_items)
-    hist, age = hist[valid], age[valid]
-    idx = nbr_index[hist].ravel()
-    w = (nbr_weight[hist] * (decay ** age)[:, None]).ravel()
-    keep = idx >= 0
-    rows, inverse = np.unique(idx[keep].astype(np.int64), return_inverse=True)
-    return KnnScores(rows, np.bincount(inverse, weights=w[keep], minlength=len(rows)))
+    idx, w = _neighbour_weights(history_items, nbr_index, nbr_weight, max_history, decay)
+    rows, inverse = np.unique(idx, return_inverse=True)
+    return KnnScores(rows, np.bincount(inverse, weights=w, minlength=len(rows)))
 
 
 def knn_lookup(dense: np.ndarray, candidates: np.ndarray) -> np.ndarray:

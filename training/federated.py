@@ -53,6 +53,7 @@ from training.train import (
     evaluate_two_tower,
     restrict_to_target,
     sampling_log_q,
+    two_tower_optimisers,
 )
 from training.windows import Windows, batches, chunk_by_tokens, make_windows
 
@@ -268,13 +269,9 @@ def local_train(client: Client, steps: int, progress: tuple[float, float], mu: f
     state, and would drift apart from the averaged weights."""
     state, w = client.state, client.windows
     cfg, model = state.cfg, state.model
-    sparse = [model.items.ids.weight] if model.items.ids is not None else []
-    params = [p for p in model.parameters() if p.requires_grad and all(p is not s for s in sparse)]
+    params, opts = two_tower_optimisers(model, cfg)
     named = dict(model.named_parameters())
     anchor = {k: v.detach().clone() for k, v in named.items() if k not in LOCAL_ROWS} if mu > 0 else {}
-    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)]
-    if sparse:
-        opts.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     per_pass = len(chunk_by_tokens(w.length, cfg.batch_tokens, np.random.default_rng(0))) if len(w.start) else 0

@@ -274,18 +274,26 @@ def evaluate_two_tower(state: TrainState, queries: list[Query]) -> dict[str, flo
     return metrics_from_ranks(ranks(state.ds, queries, ranker.retrieval))
 
 
+def two_tower_optimisers(model: TwoTower, cfg: TrainConfig, extra: list[torch.nn.Parameter] | None = None
+                         ) -> tuple[list[torch.nn.Parameter], list[torch.optim.Optimizer]]:
+    """(the dense parameters, which gradient clipping reads; the optimisers): AdamW over the dense ones (+ `extra`,
+    e.g. fine-tuned text weights), SparseAdam over the item-ID rows, which get sparse gradients (a step touches a
+    few thousand of them): it updates only those."""
+    sparse = [model.items.ids.weight] if model.items.ids is not None else []
+    params = [p for p in model.parameters() if p.requires_grad and all(p is not s for s in sparse)]
+    params += extra or []
+    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    if sparse:
+        opts.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
+    return params, opts
+
+
 def train_two_tower(state: TrainState, windows: Windows, valid: list[Query], console: Console,
                     on_epoch: Callable[[int, float], None] | None = None) -> dict[str, object]:
     """`on_epoch(epoch, valid NDCG@10)`, called after each epoch (1-based), may raise to stop the run: how
     `xrec tune` prunes a trial."""
     cfg, model = state.cfg, state.model
-    sparse = [model.items.ids.weight] if model.items.ids is not None else []
-    params = [p for p in model.parameters() if p.requires_grad and all(p is not s for s in sparse)]
-    params += state.text.trainable()
-    # ID rows get sparse gradients (a step touches a few thousand of them): SparseAdam updates only those.
-    opts = [torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)]
-    if sparse:
-        opts.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
+    params, opts = two_tower_optimisers(model, cfg, state.text.trainable())
     rng = np.random.default_rng(cfg.seed)
     steps_per_epoch = len(chunk_by_tokens(windows.length, cfg.batch_tokens, np.random.default_rng(0)))
     total = steps_per_epoch * cfg.epochs
