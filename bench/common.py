@@ -154,7 +154,8 @@ def grow_bundle(src: Path, dst: Path, n_items: int, extra_persons: int = 0, seed
     if index_files:
         t0 = time.perf_counter()
         st = Settings()
-        params = IndexParams(st.hnsw_threshold, st.hnsw_m, st.hnsw_ef_construction, st.hnsw_ef_search)
+        params = IndexParams(st.hnsw_threshold, st.hnsw_m, st.hnsw_ef_construction, st.hnsw_ef_search,
+                             ivf_threshold=st.ivf_threshold, ivf_target_recall=st.ivf_target_recall)
         platform_ids = np.array([platforms.index(p) for p in real_platform] + syn_platform_ids.tolist())
         written = write_indexes(dst, platforms, platform_ids, all_vecs, params)
         indexes = {name: entry.model_dump() for name, entry in written.items()}

@@ -19,10 +19,10 @@ query search latency with one thread (as the service searches), recall@100 again
 service's settings (M, efConstruction, efSearch from app.core.config); an efSearch / nprobe sweep shows the
 trade-off around them.
 
-Filtered retrieval (`--filter-share 0.1`, instead of the above): the bundle grown to each of `--sizes` with
-random items (bench/common.py grow_bundle; its indexes HNSW above `--hnsw-threshold`), every item given a
-random `category` attribute so that one value keeps about that share of a platform, loaded by the service's
-loader; then recall@k of the service's filtered search (`Catalog.search` with the filter's row mask, as
+Filtered retrieval (`--filter-share 0.1`, instead of the above): the bundle grown to each of `--sizes` with random
+items (bench/common.py grow_bundle; its indexes HNSW above `--hnsw-threshold`, IVF above XREC_IVF_THRESHOLD), every
+item given a random `category` attribute so that one value keeps about that share of a platform, loaded by the
+service's loader; then recall@k of the service's filtered search (`Catalog.search` with the filter's row mask, as
 /v1/recommend with `filters` runs it) against exact filtered search, for random unit queries, both for the
 service's path (exact over the allowed rows up to XREC_FILTER_EXACT_MAX of them) and for the index with its
 adaptive over-fetch alone (`filter_exact_max` 0):
@@ -30,9 +30,10 @@ adaptive over-fetch alone (`filter_exact_max` 0):
     .venv/bin/python bench/index.py --bundle B --filter-share 0.1 --sizes 100000 --queries 300
 
 The index files a bundle carries (`--bundle-indexes`, instead of the above): the bundle loaded by the service's
-loader (its memory-mapped HNSW/exact files, the service's efSearch), real user vectors as queries, each searched
-on its target platform through `Catalog.search` as /v1/recommend does, recall@k against exact search over that
-platform's items — e.g. on the 1M copy bench/serve.py --items 1000000 leaves under runs/bench/:
+loader (its memory-mapped exact/HNSW/IVF files, the service's efSearch, the manifest's IVF nprobe), real user
+vectors as queries, each searched on its target platform through `Catalog.search` as /v1/recommend does, recall@k
+against exact search over that platform's items — e.g. on the 1M copy bench/serve.py --items 1000000 leaves under
+runs/bench/:
 
     .venv/bin/python bench/index.py --bundle runs/bench/fk-v6-1000k --bundle-indexes --queries 1000
 """
@@ -204,12 +205,13 @@ def bench_size(label: str, vecs: np.ndarray, plat: np.ndarray, n_platforms: int,
         faiss.omp_set_num_threads(args.build_threads)
         r0 = rss()
         t0 = time.perf_counter()
-        if kind == "ivf":  # not in the service: same layout, FAISS IVF-Flat per platform
+        if kind == "ivf":  # an nprobe sweep over FAISS IVF-Flat per platform (the service's IVF, contract.indexes,
+            # has nlist ≈ 4·sqrt(n) too, but one nprobe chosen at export; --bundle-indexes measures that one)
             idx = {p: make_global("ivf", vecs[r], base, max(16, int(args.ivf_factor * np.sqrt(len(r)))),
                                   args.seed) for p, r in enumerate(rows_of)}
         else:
             params = IndexParams(0 if kind == "hnsw" else 1 << 62, base.hnsw_m, base.hnsw_ef_construction,
-                                 base.hnsw_ef_search)
+                                 base.hnsw_ef_search, ivf_threshold=1 << 62)
             idx = {p: PlatformIndex.build(vecs.shape[1], r, vecs[r], params) for p, r in enumerate(rows_of)}
         build_s = time.perf_counter() - t0
         mem_rss = rss() - r0

@@ -57,11 +57,20 @@ class IndexFile(BaseModel):
     """One platform's FAISS index (`contract.indexes`), built at export."""
 
     file: str
-    kind: str = Field(description="flat (exact inner product) | hnsw")
+    kind: str = Field(description="flat (exact inner product) | hnsw | ivf")
     items: int = Field(description="vectors in it: the platform's items in items.parquet")
     hnsw_threshold: int = Field(description="the size above which export chose HNSW (catalog changes keep to it)")
     hnsw_m: int
     hnsw_ef_construction: int
+    # IVF (optional: a bundle from before IVF has none of these, and its indexes are never IVF)
+    ivf_threshold: int | None = Field(default=None, description="the size above which export chose IVF "
+                                                                "(catalog changes keep to it); None: never")
+    ivf_target_recall: float | None = Field(default=None, description="the recall@100 nprobe was chosen for")
+    ivf_nlist: int | None = Field(default=None, description="kind ivf: its lists")
+    ivf_nprobe: int | None = Field(default=None, description="kind ivf: lists searched per query (the service's "
+                                                             "unless XREC_IVF_NPROBE is set)")
+    ivf_recall: float | None = Field(default=None, description="kind ivf: recall@100 against exact at ivf_nprobe, "
+                                                              "measured at export on a sample of its own items")
 
 
 class FileEntry(BaseModel):

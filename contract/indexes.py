@@ -1,15 +1,28 @@
 """The retrieval indexes of a bundle: one FAISS index per platform, built at export, read by the service.
 
-Which index: exact inner product (IndexFlatIP) up to `hnsw_threshold` items of a platform, HNSW above
-(IndexHNSWFlat, inner product). Both wrapped in IndexIDMap2: FAISS ids are item rows of items.parquet.
+Which index, by the platform's item count n: exact inner product (IndexFlatIP) up to `hnsw_threshold`, HNSW
+(IndexHNSWFlat, inner product) above, IVF (IndexIVFFlat, inner product) above `ivf_threshold`. Flat and HNSW
+are wrapped in IndexIDMap2; IVF keeps the ids itself (its own `add_with_ids`/`remove_ids`: IndexIDMap2's
+removal assumes an index that renumbers what is left, which IVF does not). Either way FAISS ids are item rows
+of items.parquet.
+
+IVF: nlist ≈ 4·sqrt(n) lists (at most n/39, so that k-means has 39 points a list, and at most 65,536), k-means
+trained on the platform's own vectors; `nprobe` is chosen when the index is built: the smallest of 1, 2, 4, …
+(and finally nlist, which is exhaustive) whose recall@100 against exact search reaches `ivf_target_recall`, with
+a seeded sample of `ivf_sample` of the platform's item vectors as queries.
+
 `xrec export` builds them with every core and writes `indexes/<platform position>.faiss`, listed in the
-manifest (`Manifest.indexes`, and `files` with their hashes, so `xrec bundle verify` covers them); the service
-reads them (memory-mapped where FAISS can) instead of building them at start. A bundle without index files
-(an older export) is indexed at start, the same way.
+manifest (`Manifest.indexes`: the kind, for IVF nlist, nprobe and the recall measured; `files` with their
+hashes, so `xrec bundle verify` covers them); the service reads them instead of building them at start,
+memory-mapped where FAISS can (IVF's lists too, with FAISS's IO_FLAG_MMAP_IFC; a mapped read that fails is
+retried into memory, with a warning), and searches an IVF index with the manifest's nprobe (or its own
+XREC_IVF_NPROBE). A bundle without index files (an older export) is indexed at start, the same way.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +33,12 @@ import numpy as np
 from contract.bundle import IndexFile
 
 INDEX_DIR = "indexes"
+# IVF's nprobe is chosen for recall at this depth (the service's retrieval depth); deeper searches probe more.
+IVF_RECALL_K = 100
+# "Never IVF": what the indexes of a bundle from before IVF (no `ivf_threshold` in its manifest) keep to.
+NO_IVF = 1 << 62
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,22 +48,93 @@ class IndexParams:
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 256  # search-time settings: the service's own, not the bundle's
     search_threads: int = 1  # FAISS (OpenMP) threads per search; set in the searching thread itself
+    # IVF above this many items. 500k: below it HNSW builds in minutes and searches fastest; above it HNSW's
+    # build (the service's own rebuilds are single-threaded: 885 s at 1M) and memory (about twice IVF-Flat's
+    # per item at dim 64) outgrow an export or a reload, while IVF's k-means and adds stay cheap.
+    ivf_threshold: int = 500_000
+    ivf_target_recall: float = 0.97  # the recall@100 against exact that the chosen nprobe must reach
+    ivf_sample: int = 500  # the platform's item vectors used as queries to choose nprobe (seeded)
+    ivf_nprobe: int = 0  # search-time override (the service's XREC_IVF_NPROBE); 0: the nprobe chosen at build
 
 
-def build_index(dim: int, rows: np.ndarray, vecs: np.ndarray, params: IndexParams) -> tuple[faiss.Index, str]:
-    """(IndexIDMap2 over `vecs` with ids `rows`, "flat" | "hnsw"), using FAISS's current thread count."""
-    if len(rows) > params.hnsw_threshold:
+@dataclass(frozen=True)
+class Built:
+    """An index as `build` made it; for IVF also nlist, nprobe and its recall@100 at nprobe on the sample."""
+
+    index: faiss.Index
+    kind: str
+    nlist: int | None = None
+    nprobe: int | None = None
+    recall: float | None = None
+
+
+def index_kind(n: int, params: IndexParams) -> str:
+    """The kind of index ("flat" | "hnsw" | "ivf") for a platform of `n` items."""
+    if n > params.ivf_threshold:
+        return "ivf"
+    return "hnsw" if n > params.hnsw_threshold else "flat"
+
+
+def ivf_nlist(n: int) -> int:
+    """IVF lists for `n` items: ≈ 4·sqrt(n), at most n/39 (k-means wants 39 points a list) and 65,536."""
+    return max(1, min(round(4 * math.sqrt(n)), n // 39, 65_536))
+
+
+def build(dim: int, rows: np.ndarray, vecs: np.ndarray, params: IndexParams) -> Built:
+    """The index over `vecs` with ids `rows`, of `index_kind(len(rows))`, using FAISS's current thread count."""
+    kind = index_kind(len(rows), params)
+    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+    ids = np.asarray(rows, dtype=np.int64)
+    if kind == "ivf":
+        nlist = ivf_nlist(len(rows))
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(vecs)  # k-means; FAISS samples at most 256 points a list itself, seeded
+        ivf.add_with_ids(vecs, ids)
+        nprobe, recall = tune_nprobe(ivf, ids, vecs, params.ivf_target_recall, params.ivf_sample)
+        ivf.nprobe = nprobe
+        return Built(ivf, kind, nlist, nprobe, recall)
+    if kind == "hnsw":
         base = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         base.hnsw.efConstruction = params.hnsw_ef_construction
         base.hnsw.efSearch = params.hnsw_ef_search
-        kind = "hnsw"
     else:
         base = faiss.IndexFlatIP(dim)
-        kind = "flat"
     index = faiss.IndexIDMap2(base)
     if len(rows):
-        index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.asarray(rows, dtype=np.int64))
-    return index, kind
+        index.add_with_ids(vecs, ids)
+    return Built(index, kind)
+
+
+def build_index(dim: int, rows: np.ndarray, vecs: np.ndarray, params: IndexParams) -> tuple[faiss.Index, str]:
+    """(the index over `vecs` with ids `rows`, "flat" | "hnsw" | "ivf"): `build`, without IVF's figures."""
+    built = build(dim, rows, vecs, params)
+    return built.index, built.kind
+
+
+def tune_nprobe(ivf: faiss.IndexIVF, rows: np.ndarray, vecs: np.ndarray, target: float, sample: int,
+                seed: int = 0) -> tuple[int, float]:
+    """(the smallest nprobe of 1, 2, 4, …, nlist whose recall@100 against exact search reaches `target`, its
+    recall). The queries: `sample` of the indexed `vecs` (ids `rows`), seeded; the truth: their exact top 100."""
+    n, nlist = len(vecs), int(ivf.nlist)
+    k = min(IVF_RECALL_K, n)
+    if k == 0:
+        return 1, 1.0
+    q = vecs[np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False)]
+    exact = faiss.IndexFlatIP(vecs.shape[1])
+    exact.add(vecs)
+    truth = np.asarray(rows, dtype=np.int64)[exact.search(q, k)[1]]
+    nprobe = 1
+    while True:
+        got = ivf.search(q, k, params=faiss.SearchParametersIVF(nprobe=nprobe))[1]
+        recall = float(np.mean([len(np.intersect1d(g, t)) / k for g, t in zip(got, truth, strict=True)]))
+        if recall >= target or nprobe >= nlist:
+            return nprobe, recall
+        nprobe = min(2 * nprobe, nlist)
+
+
+def set_nprobe(index: faiss.Index, nprobe: int) -> None:
+    """Search an IVF index (bare or wrapped) with `nprobe` lists."""
+    faiss.extract_index_ivf(index).nprobe = nprobe
 
 
 def write_indexes(bundle_dir: Path, platforms: list[str], item_platform: np.ndarray, vectors: np.ndarray,
@@ -58,21 +148,30 @@ def write_indexes(bundle_dir: Path, platforms: list[str], item_platform: np.ndar
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         for p, name in enumerate(platforms):
             rows = np.flatnonzero(np.asarray(item_platform) == p)
-            index, kind = build_index(vectors.shape[1], rows, vectors[rows], params)
+            built = build(vectors.shape[1], rows, vectors[rows], params)
             file = f"{INDEX_DIR}/{p}.faiss"
-            faiss.write_index(index, str(bundle_dir / file))
-            out[name] = IndexFile(file=file, kind=kind, items=len(rows), hnsw_threshold=params.hnsw_threshold,
-                                  hnsw_m=params.hnsw_m, hnsw_ef_construction=params.hnsw_ef_construction)
+            faiss.write_index(built.index, str(bundle_dir / file))
+            out[name] = IndexFile(file=file, kind=built.kind, items=len(rows), hnsw_threshold=params.hnsw_threshold,
+                                  hnsw_m=params.hnsw_m, hnsw_ef_construction=params.hnsw_ef_construction,
+                                  ivf_threshold=params.ivf_threshold, ivf_target_recall=params.ivf_target_recall,
+                                  ivf_nlist=built.nlist, ivf_nprobe=built.nprobe, ivf_recall=built.recall)
         return out
     finally:
         faiss.omp_set_num_threads(before)
 
 
 def read_index(path: Path, mmap: bool = True) -> faiss.Index:
-    """An index file as written by `write_indexes`. `mmap`: the vectors stay in the file's pages (shared
-    between processes, nothing copied at load); such an index cannot grow or shrink in place — copy it
-    with `owned_copy` first."""
-    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
+    """An index file as written by `write_indexes`. `mmap`: the vectors (IVF: its lists) stay in the file's
+    pages (shared between processes, nothing copied at load); such an index cannot grow or shrink in place —
+    copy it with `owned_copy` first. A FAISS that cannot map the file reads it into memory (a warning)."""
+    if not mmap:
+        return faiss.read_index(str(path))
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+    except RuntimeError as e:
+        index = faiss.read_index(str(path))  # a damaged file fails here too, with FAISS's own error
+        log.warning("%s: cannot be memory-mapped (%s); read into memory instead", path, str(e).strip()[:200])
+        return index
 
 
 def owned_copy(index: faiss.Index) -> faiss.Index:
@@ -82,5 +181,16 @@ def owned_copy(index: faiss.Index) -> faiss.Index:
 
 
 def index_rows(index: faiss.Index) -> np.ndarray:
-    """The item rows (ids) an IndexIDMap2 holds, in insertion order."""
-    return faiss.vector_to_array(faiss.downcast_index(index).id_map).astype(np.int64)
+    """The item rows (ids) an index holds: an IndexIDMap2's in insertion order, an IVF's ascending."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIVF):
+        lists = index.invlists
+        parts = []
+        for i in range(index.nlist):
+            size = lists.list_size(i)
+            if size:
+                ids = lists.get_ids(i)
+                parts.append(faiss.rev_swig_ptr(ids, size).astype(np.int64))  # astype copies
+                lists.release_ids(i, ids)
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+    return faiss.vector_to_array(index.id_map).astype(np.int64)

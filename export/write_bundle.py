@@ -6,8 +6,9 @@ Quantised item-encoder variants are measured (cosine to fp32, valid NDCG@10 of t
 marked recommended only when NDCG@10 drops by less than 1% relative. Item attributes the dataset's catalog
 carries (`item_attributes`) go into the bundle's items.parquet, so filters and diversity caps work on a fresh
 bundle without PUT /v1/items. Each platform's FAISS index is built
-here with every core (exact up to `hnsw_threshold` items, HNSW above; `contract.indexes`), so the service
-reads it instead of building it at start. The bundle is written atomically.
+here with every core (exact up to `hnsw_threshold` items, HNSW above, IVF above `ivf_threshold` with its
+nprobe chosen here for a target recall; `contract.indexes`), so the service reads it instead of building it at
+start. The bundle is written atomically.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from contract.bundle import ITEM_ENCODER_INPUTS, Manifest, ModelFile, salt_fingerprint, write_manifest
+from contract.bundle import ITEM_ENCODER_INPUTS, IndexFile, Manifest, ModelFile, salt_fingerprint, write_manifest
 from contract.features import HISTORY_SNAPSHOT, scorer_features, user_encoder_feeds
 from contract.indexes import IndexParams, write_indexes
 from export.onnx import SCORER_INPUTS, USER_INPUTS, export_scorer, export_user_encoder
@@ -140,8 +141,8 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
         started = time.perf_counter()
         indexes = write_indexes(tmp, list(ds.platforms), np.asarray(ds.item_platform), vecs.astype(np.float32),
                                 index_params or IndexParams())
-        log(f"indexes: {', '.join(f'{p} {e.kind} ({e.items:,} items)' for p, e in indexes.items())} in "
-            f"{time.perf_counter() - started:.1f}s")
+        log(f"indexes: {', '.join(f'{p} {e.kind} ({e.items:,} items{_ivf_note(e)})' for p, e in indexes.items())}"
+            f" in {time.perf_counter() - started:.1f}s")
 
         evaluation = {"train": ckpt.get("log", {}).get("two_tower", {}).get("best_valid_ndcg@10"),
                       "scorer": ckpt.get("log", {}).get("scorer", {}).get("best_valid_ndcg@10"),
@@ -163,6 +164,11 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
         write_manifest(tmp, manifest)
     log(f"bundle written: {out}")
     return out
+
+
+def _ivf_note(e: IndexFile) -> str:
+    return (f", {e.ivf_nlist} lists, nprobe {e.ivf_nprobe}: recall@100 {e.ivf_recall:.3f}" if e.kind == "ivf"
+            and e.ivf_recall is not None else "")
 
 
 def _floats(d: dict) -> dict[str, float]:

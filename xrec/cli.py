@@ -232,9 +232,11 @@ def export_cmd(
     try:
         # Progress and parity figures go to stderr: stdout carries only the bundle path, for scripts.
         settings = get_settings()
-        # Index kind by catalog size: XREC_HNSW_THRESHOLD (and HNSW's XREC_HNSW_M, XREC_HNSW_EF_CONSTRUCTION).
+        # Index kind by catalog size: XREC_HNSW_THRESHOLD (and HNSW's XREC_HNSW_M, XREC_HNSW_EF_CONSTRUCTION),
+        # XREC_IVF_THRESHOLD (IVF's nprobe chosen here for XREC_IVF_TARGET_RECALL).
         index_params = IndexParams(settings.hnsw_threshold, settings.hnsw_m, settings.hnsw_ef_construction,
-                                   settings.hnsw_ef_search)
+                                   settings.hnsw_ef_search, ivf_threshold=settings.ivf_threshold,
+                                   ivf_target_recall=settings.ivf_target_recall)
         with contextlib.redirect_stdout(sys.stderr):
             path = export_bundle(checkpoint, out, version, salt=settings.id_salt.get_secret_value(),
                                  measure_variants=measure_variants, log=err.print, index_params=index_params)

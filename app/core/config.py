@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     hnsw_m: int = 32
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 256
+    # Platforms with more items than this get an IVF index (IndexIVFFlat, ≈ 4·sqrt(n) lists), its nprobe chosen
+    # at export: the fewest lists reaching XREC_IVF_TARGET_RECALL (recall@100 against exact) on its own items.
+    ivf_threshold: int = 500_000
+    ivf_target_recall: float = 0.97
+    # IVF lists searched per query: 0 = the bundle's (chosen at export); set, it overrides every IVF index's.
+    ivf_nprobe: int = 0
 
     # ---- service: Redis -----------------------------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -146,7 +152,7 @@ class Settings(BaseSettings):
     recommend_batch_max: int = Field(default=64, ge=1)
     # Requests waiting beyond this many are refused (503, Retry-After): an overload is not queued forever.
     recommend_queue_max: int = Field(default=1024, ge=1)
-    # FAISS index files of a bundle are memory-mapped where FAISS can (flat vectors): pages are shared
+    # FAISS index files of a bundle are memory-mapped where FAISS can (flat vectors, IVF lists): pages are shared
     # between worker processes and loading does not copy them. False: read into memory.
     index_mmap: bool = True
 

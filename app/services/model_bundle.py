@@ -36,7 +36,7 @@ from contract.bundle import (
     verify_files,
 )
 from contract.features import KnnTable
-from contract.indexes import index_rows, read_index
+from contract.indexes import NO_IVF, index_rows, read_index
 from contract.kg import ItemEntities
 
 log = logging.getLogger(__name__)
@@ -165,9 +165,14 @@ def _read_indexes(path: Path, manifest: Manifest, item_platform: np.ndarray, set
         if int(index.d) != manifest.dim or not np.array_equal(index_rows(index), rows):
             raise BundleError(f"{entry.file}: {index.ntotal} vectors of dimension {index.d}; items.parquet has "
                               f"{len(rows)} {name} items of dimension {manifest.dim}: re-export the bundle")
+        # The bundle's build choices stand (a manifest from before IVF: never IVF); the search-time ones are ours.
         params = IndexParams(entry.hnsw_threshold, entry.hnsw_m, entry.hnsw_ef_construction, settings.hnsw_ef_search,
-                             settings.faiss_threads)
-        out[pid] = PlatformIndex.from_file(index, entry.kind, params, mapped=settings.index_mmap)
+                             settings.faiss_threads,
+                             ivf_threshold=NO_IVF if entry.ivf_threshold is None else entry.ivf_threshold,
+                             ivf_target_recall=entry.ivf_target_recall or settings.ivf_target_recall,
+                             ivf_nprobe=settings.ivf_nprobe)
+        out[pid] = PlatformIndex.from_file(index, entry.kind, params, mapped=settings.index_mmap,
+                                           nprobe=entry.ivf_nprobe)
     return out
 
 
@@ -215,9 +220,10 @@ def _load(path: Path, settings: Settings) -> LoadedBundle:
     vectors = _vectors(items.column("vector"), manifest.dim)
     popularity = items.column("popularity").to_numpy(zero_copy_only=False).astype(np.float64)
     params = IndexParams(settings.hnsw_threshold, settings.hnsw_m, settings.hnsw_ef_construction,
-                         settings.hnsw_ef_search, settings.faiss_threads)
+                         settings.hnsw_ef_search, settings.faiss_threads, ivf_threshold=settings.ivf_threshold,
+                         ivf_target_recall=settings.ivf_target_recall, ivf_nprobe=settings.ivf_nprobe)
     indexes = _read_indexes(path, manifest, item_platform, settings)
-    if indexes:  # the bundle's choices (kind, HNSW build parameters) stand; catalog changes keep to them
+    if indexes:  # the bundle's choices (kind, HNSW/IVF build parameters) stand; catalog changes keep to them
         params = next(iter(indexes.values())).params
     # Platforms the bundle has no index file for (all of them, for a bundle exported before index files)
     # are indexed here.

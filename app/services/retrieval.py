@@ -32,7 +32,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from contract.indexes import IndexParams, build_index, owned_copy
+from contract.indexes import IVF_RECALL_K, IndexParams, build_index, index_kind, owned_copy, set_nprobe
 
 __all__ = ["AttributeColumn", "Catalog", "IndexParams", "PlatformIndex"]
 
@@ -48,9 +48,11 @@ _OVERFETCH = 1.5
 class PlatformIndex:
     """One platform's live items in FAISS, inner product, FAISS id = item row.
 
-    Exact (IndexFlatIP) up to `hnsw_threshold` items, HNSW above. Both are wrapped in IndexIDMap2 so
-    items are added by row. HNSW cannot remove vectors, so removals there are tombstones filtered at
-    search time; the index is rebuilt when tombstones pass a quarter of it.
+    Exact (IndexFlatIP) up to `hnsw_threshold` items, HNSW above, IVF (IndexIVFFlat) above `ivf_threshold`
+    (`contract.indexes`). Flat and HNSW are wrapped in IndexIDMap2, IVF keeps ids itself: items are added and
+    removed by row. HNSW cannot remove vectors, so removals there are tombstones filtered at search time; the
+    index is rebuilt when tombstones pass a quarter of it. IVF searches the nprobe chosen when it was built
+    (the bundle's manifest), or `params.ivf_nprobe` when the service sets one.
     """
 
     def __init__(self, index: faiss.Index, kind: str, dim: int, tombstones: frozenset[int],
@@ -65,13 +67,19 @@ class PlatformIndex:
     @classmethod
     def build(cls, dim: int, rows: np.ndarray, vecs: np.ndarray, params: IndexParams) -> PlatformIndex:
         index, kind = build_index(dim, rows, vecs, params)
+        if kind == "ivf" and params.ivf_nprobe:
+            set_nprobe(index, params.ivf_nprobe)
         return cls(index, kind, dim, frozenset(), params)
 
     @classmethod
-    def from_file(cls, index: faiss.Index, kind: str, params: IndexParams, mapped: bool) -> PlatformIndex:
-        """An index read from the bundle (`contract.indexes.read_index`), searched with `params`' efSearch."""
+    def from_file(cls, index: faiss.Index, kind: str, params: IndexParams, mapped: bool,
+                  nprobe: int | None = None) -> PlatformIndex:
+        """An index read from the bundle (`contract.indexes.read_index`), searched with `params`' efSearch;
+        IVF with `params.ivf_nprobe` if set, else `nprobe` (the manifest's), else the file's own."""
         if kind == "hnsw":
             faiss.downcast_index(index.index).hnsw.efSearch = params.hnsw_ef_search
+        elif kind == "ivf" and (params.ivf_nprobe or nprobe):
+            set_nprobe(index, params.ivf_nprobe or int(nprobe or 0))
         return cls(index, kind, int(index.d), frozenset(), params, mapped)
 
     @property
@@ -92,11 +100,11 @@ class PlatformIndex:
                 tombstones -= back
                 keep = ~np.isin(add_rows, np.fromiter(back, dtype=np.int64, count=len(back)))
                 add_rows, add_vecs = add_rows[keep], add_vecs[keep]
-        crosses = (len(all_rows) > self.params.hnsw_threshold) != (self.kind == "hnsw")
+        crosses = index_kind(len(all_rows), self.params) != self.kind
         if crosses or len(tombstones) * 4 > max(len(all_rows), 1):
             return PlatformIndex.build(self.dim, all_rows, all_vecs, self.params)
         index = owned_copy(self.index) if self.mapped else faiss.clone_index(self.index)
-        if remove and self.kind == "flat":
+        if remove and self.kind != "hnsw":
             index.remove_ids(np.fromiter(remove, dtype=np.int64, count=len(remove)))
         if len(add_rows):
             index.add_with_ids(np.ascontiguousarray(add_vecs, dtype=np.float32),
@@ -139,6 +147,11 @@ class PlatformIndex:
             if self.kind == "hnsw" and k > self.params.hnsw_ef_search:
                 # FAISS's HNSW explores efSearch candidates whatever k is: asked for more, it must explore more.
                 _, ids = self.index.search(x, k, params=faiss.SearchParametersHNSW(efSearch=k))
+            elif self.kind == "ivf" and k > IVF_RECALL_K:
+                # nprobe was chosen for the top 100: deeper, probe proportionally more lists (the same share).
+                ivf = faiss.extract_index_ivf(self.index)
+                nprobe = min(int(ivf.nlist), math.ceil(int(ivf.nprobe) * k / IVF_RECALL_K))
+                _, ids = self.index.search(x, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
             else:
                 _, ids = self.index.search(x, k)
             short = []

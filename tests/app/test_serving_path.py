@@ -26,6 +26,7 @@ from app.services.ranking import History, Query, rank
 from app.services.recommender import Answer, Ask
 from app.services.retrieval import IndexParams, PlatformIndex
 from contract.bundle import BundleError, read_manifest, sha256_file, write_manifest
+from contract.indexes import write_indexes
 from tests.app.conftest import AUTH, running, wait_for
 from tests.fixtures.tiny_bundle import PEOPLE, person_id
 
@@ -472,6 +473,18 @@ def without_index_files(bundle_dir: Path, out: Path) -> Path:
     return out
 
 
+def _ranked(bundle) -> list[tuple[list[int], list[float]]]:
+    """Every snapshot person's ranking on every platform."""
+    out = []
+    for person in sorted(bundle.snapshot.spans):
+        items, plats, ts = bundle.snapshot.events(person)
+        history = History.from_ids(bundle.catalog, items, plats, ts)
+        for target in range(len(bundle.platforms)):
+            r = rank(bundle.models, bundle.catalog, [Query(history, target, TS)])[0]
+            out.append((r.rows.tolist(), r.scores.tolist()))
+    return out
+
+
 def test_index_files_are_read_not_built_and_rank_the_same(bundle_dir: Path, settings: Settings, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = read_manifest(bundle_dir)
@@ -492,18 +505,7 @@ def test_index_files_are_read_not_built_and_rank_the_same(bundle_dir: Path, sett
     assert all(idx.mapped for idx in new_bundle.catalog.indexes.values())
     old_bundle = load_bundle(old, settings)
     assert len(builds) == len(manifest.platforms), "a bundle without index files is indexed at load, as before"
-
-    def ranked(bundle) -> list[tuple[list[int], list[float]]]:
-        out = []
-        for person in sorted(bundle.snapshot.spans):
-            items, plats, ts = bundle.snapshot.events(person)
-            history = History.from_ids(bundle.catalog, items, plats, ts)
-            for target in range(len(bundle.platforms)):
-                r = rank(bundle.models, bundle.catalog, [Query(history, target, TS)])[0]
-                out.append((r.rows.tolist(), r.scores.tolist()))
-        return out
-
-    assert ranked(new_bundle) == ranked(old_bundle)
+    assert _ranked(new_bundle) == _ranked(old_bundle)
 
     # Catalog changes work on a memory-mapped index (a copy in memory changes, never the file) and agree.
     digest = sha256_file(bundle_dir / manifest.indexes["kitchen"].file)
@@ -511,9 +513,36 @@ def test_index_files_are_read_not_built_and_rank_the_same(bundle_dir: Path, sett
     for b in (new_bundle, old_bundle):
         b.catalog = b.catalog.with_changes([("kitchen:new-1", b.platform_of["kitchen"], "a new pan", vec)],
                                            ["kitchen:k0005"])
-    assert ranked(new_bundle) == ranked(old_bundle)
+    assert _ranked(new_bundle) == _ranked(old_bundle)
     assert not new_bundle.catalog.indexes[1].mapped and new_bundle.catalog.indexes[0].mapped
     assert sha256_file(bundle_dir / manifest.indexes["kitchen"].file) == digest
+
+
+def test_ivf_index_files_are_read_mapped_with_their_nprobe_and_rank_the_same(bundle_dir: Path, settings: Settings,
+                                                                             tmp_path: Path) -> None:
+    """The fixture bundle with IVF index files (thresholds lowered; 30 items a platform: one list, so exact):
+    read memory-mapped, their rows checked, the manifest's nprobe applied; rankings and catalog changes agree
+    with the exact indexes'."""
+    flat = load_bundle(bundle_dir, settings)
+    ivf_dir = tmp_path / "ivf"
+    shutil.copytree(bundle_dir, ivf_dir)
+    manifest = read_manifest(ivf_dir)
+    entries = write_indexes(ivf_dir, manifest.platforms, flat.catalog.platform, flat.catalog.vectors,
+                            IndexParams(ivf_threshold=0), threads=1)
+    write_manifest(ivf_dir, manifest.model_copy(update={"indexes": entries}))
+    assert all(e.kind == "ivf" and (e.ivf_nlist, e.ivf_nprobe, e.ivf_recall) == (1, 1, 1.0) for e in entries.values())
+    ivf = load_bundle(ivf_dir, settings)
+    assert all(i.kind == "ivf" and i.mapped and faiss.extract_index_ivf(i.index).nprobe == 1
+               for i in ivf.catalog.indexes.values())
+    assert _ranked(ivf) == _ranked(flat)
+    digest = sha256_file(ivf_dir / entries["kitchen"].file)
+    vec = flat.catalog.vectors[flat.catalog.row_of["kitchen:k0003"]]
+    for b in (flat, ivf):
+        b.catalog = b.catalog.with_changes([("kitchen:new-1", b.platform_of["kitchen"], "a new pan", vec)],
+                                           ["kitchen:k0005"])
+    assert ivf.catalog.indexes[1].kind == "ivf" and not ivf.catalog.indexes[1].mapped
+    assert _ranked(ivf) == _ranked(flat)
+    assert sha256_file(ivf_dir / entries["kitchen"].file) == digest
 
 
 def test_an_index_file_that_does_not_match_the_items_is_refused(bundle_dir: Path, settings: Settings,

@@ -100,12 +100,13 @@ def _unit(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("threshold", [1000, 10])  # flat, then HNSW
-def test_platform_index_search_add_remove(threshold: int) -> None:
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])  # IVF over 50 items: one list, exact
+def test_platform_index_search_add_remove(kind: str) -> None:
     vecs = _unit(50)
     rows = np.arange(100, 150)
-    idx = PlatformIndex.build(8, rows, vecs, IndexParams(hnsw_threshold=threshold, hnsw_m=8))
-    assert idx.kind == ("hnsw" if threshold < 50 else "flat") and idx.size == 50
+    idx = PlatformIndex.build(8, rows, vecs, IndexParams(hnsw_threshold=1000 if kind == "flat" else 10, hnsw_m=8,
+                                                         ivf_threshold=10 if kind == "ivf" else 500_000))
+    assert idx.kind == kind and idx.size == 50
     q = vecs[:1]
     exact = rows[np.argsort(-(vecs @ q[0]))]
     (top,) = idx.search(q, 5, [np.array([], dtype=np.int64)])
