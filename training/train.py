@@ -79,6 +79,8 @@ class TrainConfig(BaseModel):
     # two-tower training
     epochs: int = 20
     batch_tokens: int = 4096  # padded history slots per step (a batch of windows of similar length)
+    # >0: batch_tokens is lowered on a small data set so that an epoch has at least this many steps (`step_tokens`)
+    min_steps_per_epoch: int = 0
     lr: float = 2e-3
     weight_decay: float = 0.01
     negatives: int = 0  # 0: softmax over the platform's whole catalog; N: N sampled negatives + logQ
@@ -130,6 +132,16 @@ class TrainConfig(BaseModel):
             if v is not None:
                 (raw.setdefault("model", {}) if k in model_keys else raw)[k] = v
         return cls.model_validate(raw)
+
+
+def step_tokens(cfg: TrainConfig, slots: int) -> int:
+    """The batch size (padded history slots) a run uses: `cfg.batch_tokens`, lowered to give at least
+    `cfg.min_steps_per_epoch` steps an epoch over about `slots` targets (never below 64). Why: a small data set
+    at 4,096 slots gets ~20 updates an epoch, and early stopping on its noisy valid split ends the two-tower
+    after ~60 (the sparse Food-Kitchen variant: retrieval near popularity, docs/results.md)."""
+    if cfg.min_steps_per_epoch <= 0:
+        return cfg.batch_tokens
+    return max(64, min(cfg.batch_tokens, slots // cfg.min_steps_per_epoch))
 
 
 def target_only(tl: Timelines) -> tuple[Timelines, np.ndarray]:
@@ -515,6 +527,10 @@ def train(cfg: TrainConfig, console: Console | None = None,
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     ds = load_dataset(cfg.dataset)
+    tokens = step_tokens(cfg, len(ds.timelines.items) - len(ds.timelines))
+    if tokens != cfg.batch_tokens:
+        console.print(f"batch_tokens {cfg.batch_tokens:,} → {tokens:,}: ≥ {cfg.min_steps_per_epoch} steps an epoch")
+        cfg = cfg.model_copy(update={"batch_tokens": tokens})
     if "valid" not in ds.targets:
         raise ValueError(f"{cfg.dataset}: no valid targets: early stopping needs an [eval] valid split")
     tl = ds.timelines

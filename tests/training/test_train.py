@@ -8,7 +8,7 @@ import torch
 from training.evaluate import make_queries
 from training.model import ModelConfig
 from training.sequences import load_dataset
-from training.train import TrainConfig, holdout_last_events, ship_scorer, target_only, train
+from training.train import TrainConfig, holdout_last_events, ship_scorer, step_tokens, target_only, train
 from training.windows import batches, make_windows
 
 
@@ -104,6 +104,24 @@ def test_the_logq_ablation_switch_changes_the_sampled_softmax_and_nothing_else(d
     with_logq = first_step_loss("a", True)
     assert first_step_loss("b", True) == pytest.approx(with_logq, rel=1e-6)  # the same seed: the same step
     assert first_step_loss("c", False) != pytest.approx(with_logq, rel=1e-3)
+
+def test_small_data_gets_smaller_batches_so_an_epoch_has_enough_steps(demo_ds, tmp_path, tiny_text_model):
+    cfg = TrainConfig(dataset=demo_ds, batch_tokens=4096, min_steps_per_epoch=90)
+    assert step_tokens(cfg, 381_169) == 4096  # Food-Kitchen: 95 steps at 4,096 already, left alone
+    assert step_tokens(cfg, 75_198) == 835  # its sparse variant: 20 steps at 4,096, 90 at 835
+    assert step_tokens(cfg, 1_000) == 64  # never below 64 slots
+    assert step_tokens(cfg.model_copy(update={"min_steps_per_epoch": 0}), 75_198) == 4096  # off: as profiled
+    # The run trains with (and records) the lowered size, and takes at least the asked-for steps an epoch.
+    ds = load_dataset(demo_ds)
+    cfg = TrainConfig(dataset=demo_ds, out=tmp_path / "small", epochs=1, batch_tokens=4096, min_steps_per_epoch=8,
+                      max_steps=2, negatives=16, scorer=False, text_cache=tmp_path / "cache",
+                      model=ModelConfig(dim=16, n_layers=1, text_model=tiny_text_model))
+    saved = torch.load(train(cfg), weights_only=False)
+    used = saved["train_config"]["batch_tokens"]
+    assert used == step_tokens(cfg, len(ds.timelines.items) - len(ds.timelines)) < 4096
+    w = make_windows(ds.timelines, saved["model_args"]["max_history"])
+    assert sum(1 for _ in batches(ds.timelines, w, used, np.random.default_rng(0))) >= 8
+
 
 def test_a_baseline_that_wins_on_valid_is_what_ships(demo_ds, tmp_path, tiny_text_model):
     """One step of two-tower training leaves retrieval near random: the neighbour table wins on valid, the
