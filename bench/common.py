@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from app.core.config import DEV_ID_SALT, Settings
 from contract.bundle import MANIFEST, salt_fingerprint, sha256_file
-from contract.indexes import INDEX_DIR, IndexParams, write_indexes
+from contract.indexes import INDEX_DIR, write_indexes
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "runs" / "bench"
@@ -154,8 +154,7 @@ def grow_bundle(src: Path, dst: Path, n_items: int, extra_persons: int = 0, seed
     if index_files:
         t0 = time.perf_counter()
         st = Settings()
-        params = IndexParams(st.hnsw_threshold, st.hnsw_m, st.hnsw_ef_construction, st.hnsw_ef_search,
-                             ivf_threshold=st.ivf_threshold, ivf_target_recall=st.ivf_target_recall)
+        params = st.index_params()
         platform_ids = np.array([platforms.index(p) for p in real_platform] + syn_platform_ids.tolist())
         written = write_indexes(dst, platforms, platform_ids, all_vecs, params)
         indexes = {name: entry.model_dump() for name, entry in written.items()}

@@ -220,7 +220,6 @@ def export_cmd(
 ) -> None:
     """Export the encoders and the scorer to ONNX (with parity checks), build each platform's retrieval index,
     and write a versioned bundle."""
-    from contract.indexes import IndexParams
     from export.onnx_text import ParityError
     from export.write_bundle import export_bundle
 
@@ -234,9 +233,7 @@ def export_cmd(
         settings = get_settings()
         # Index kind by catalog size: XREC_HNSW_THRESHOLD (and HNSW's XREC_HNSW_M, XREC_HNSW_EF_CONSTRUCTION),
         # XREC_IVF_THRESHOLD (IVF's nprobe chosen here for XREC_IVF_TARGET_RECALL).
-        index_params = IndexParams(settings.hnsw_threshold, settings.hnsw_m, settings.hnsw_ef_construction,
-                                   settings.hnsw_ef_search, ivf_threshold=settings.ivf_threshold,
-                                   ivf_target_recall=settings.ivf_target_recall)
+        index_params = settings.index_params()
         with contextlib.redirect_stdout(sys.stderr):
             path = export_bundle(checkpoint, out, version, salt=settings.id_salt.get_secret_value(),
                                  measure_variants=measure_variants, log=err.print, index_params=index_params)

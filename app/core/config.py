@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from contract.indexes import IndexParams
 
 DEV_ID_SALT = "xrec-dev-salt-change-me"
 # The name of the one variant when XREC_VARIANTS is not set (responses and metrics still name it).
@@ -175,6 +178,15 @@ class Settings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must differ: {names}")
         return v
+
+    def index_params(self) -> IndexParams:
+        """The FAISS index settings (XREC_HNSW_*, XREC_IVF_*, XREC_FAISS_THREADS): what export builds and what the
+        service builds and searches with. Imported here, not at the top: only index builders need FAISS."""
+        from contract.indexes import IndexParams
+
+        return IndexParams(self.hnsw_threshold, self.hnsw_m, self.hnsw_ef_construction, self.hnsw_ef_search,
+                           self.faiss_threads, ivf_threshold=self.ivf_threshold,
+                           ivf_target_recall=self.ivf_target_recall, ivf_nprobe=self.ivf_nprobe)
 
 
 @lru_cache

@@ -219,9 +219,7 @@ def _load(path: Path, settings: Settings) -> LoadedBundle:
     item_platform = np.array([platform_of[p] for p in items.column("platform").to_pylist()], dtype=np.int64)
     vectors = _vectors(items.column("vector"), manifest.dim)
     popularity = items.column("popularity").to_numpy(zero_copy_only=False).astype(np.float64)
-    params = IndexParams(settings.hnsw_threshold, settings.hnsw_m, settings.hnsw_ef_construction,
-                         settings.hnsw_ef_search, settings.faiss_threads, ivf_threshold=settings.ivf_threshold,
-                         ivf_target_recall=settings.ivf_target_recall, ivf_nprobe=settings.ivf_nprobe)
+    params = settings.index_params()
     indexes = _read_indexes(path, manifest, item_platform, settings)
     if indexes:  # the bundle's choices (kind, HNSW/IVF build parameters) stand; catalog changes keep to them
         params = next(iter(indexes.values())).params
