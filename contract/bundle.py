@@ -33,7 +33,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from contract.features import HISTORY_SNAPSHOT, KG_EXTRAS, N_TIME_BUCKETS, SCORER_EXTRAS, scorer_features
+from contract.features import ALS_EXTRAS, HISTORY_SNAPSHOT, KG_EXTRAS, N_TIME_BUCKETS, SCORER_EXTRAS, scorer_features
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -97,6 +97,9 @@ class Manifest(BaseModel):
     kg: str | None = Field(default=None, description="the items' entities file (kg.npz); None: no knowledge graph")
     kg_candidates: int = Field(default=0, description="knowledge-graph candidates added for people new to a "
                                                       "platform (contract.kg.kg_candidates)")
+    als: str | None = Field(default=None, description="ALS item factors (als.npz); None: the scorer has no ALS "
+                                                      "feature")
+    als_candidates: int = Field(default=0, description="ALS candidates added before re-ranking (contract.als)")
     models: dict[str, ModelFile]
     indexes: dict[str, IndexFile] = Field(default_factory=dict, description="platform → its index file")
     files: dict[str, FileEntry] = Field(default_factory=dict)
@@ -111,7 +114,12 @@ class Manifest(BaseModel):
     @property
     def kg_features(self) -> bool:
         """Whether the scorer reads the knowledge-graph features (`features.KG_EXTRAS`) after SCORER_EXTRAS."""
-        return self.has_scorer and self.scorer_extras == list(scorer_features(True))
+        return self.has_scorer and all(f in self.scorer_extras for f in KG_EXTRAS)
+
+    @property
+    def als_features(self) -> bool:
+        """Whether the scorer reads the ALS feature (`features.ALS_EXTRAS`, from `als`) last."""
+        return self.has_scorer and all(f in self.scorer_extras for f in ALS_EXTRAS)
 
 
 class BundleError(Exception):
@@ -188,9 +196,13 @@ def check_compatible(manifest: Manifest, profile_max_events: int | None = None) 
     if manifest.n_time_buckets != N_TIME_BUCKETS:
         problems.append(f"trained with {manifest.n_time_buckets} time buckets, this version computes "
                         f"{N_TIME_BUCKETS}{_REEXPORT}")
-    if manifest.has_scorer and manifest.scorer_extras not in (list(scorer_features(kg)) for kg in (False, True)):
+    known = [list(scorer_features(kg, als)) for kg in (False, True) for als in (False, True)]
+    if manifest.has_scorer and manifest.scorer_extras not in known:
         problems.append(f"the scorer was trained on features {manifest.scorer_extras}, this version computes "
-                        f"{list(SCORER_EXTRAS)} (+ {list(KG_EXTRAS)} with the knowledge graph){_REEXPORT}")
+                        f"{list(SCORER_EXTRAS)} (+ {list(KG_EXTRAS)} with the knowledge graph, + "
+                        f"{list(ALS_EXTRAS)} with ALS){_REEXPORT}")
+    if manifest.als_features and not manifest.als:
+        problems.append(f"the scorer reads {list(ALS_EXTRAS)} but the manifest names no ALS file{_REEXPORT}")
     if manifest.max_history > manifest.history_snapshot:
         problems.append(f"max_history {manifest.max_history} > history_snapshot {manifest.history_snapshot}")
     if profile_max_events is not None and profile_max_events < manifest.history_snapshot:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.als import AlsFactors
 from contract.kg import ItemEntities, kg_features
 
 N_TIME_BUCKETS = 16  # 0 = padding, 1 = first event (no gap), 2.. = log2 of the gap in hours
@@ -43,11 +44,15 @@ SCORER_EXTRAS = (
 # not lift valid, docs/results.md). Over the last HISTORY_SNAPSHOT events, log1p(events whose item shares a brand,
 # type or category with the candidate) on the other platforms (through linked entities) / on the target one.
 KG_EXTRAS = ("kg_other", "kg_target")
+# Appended last for a scorer trained with `als_features`: the candidate's ALS score, item factors · the person's
+# ALS vector solved from their whole fused history (`contract.als`).
+ALS_EXTRAS = ("als",)
 
 
-def scorer_features(kg: bool) -> tuple[str, ...]:
-    """The scorer's feature names, in column order: SCORER_EXTRAS, + KG_EXTRAS with the knowledge-graph ones."""
-    return SCORER_EXTRAS + KG_EXTRAS if kg else SCORER_EXTRAS
+def scorer_features(kg: bool, als: bool = False) -> tuple[str, ...]:
+    """The scorer's feature names, in column order: SCORER_EXTRAS, + KG_EXTRAS with the knowledge-graph ones,
+    + ALS_EXTRAS with the ALS one."""
+    return SCORER_EXTRAS + (KG_EXTRAS if kg else ()) + (ALS_EXTRAS if als else ())
 
 
 @dataclass(frozen=True)
@@ -247,13 +252,16 @@ def scorer_extras(dot: np.ndarray, popularity: np.ndarray, max_popularity: float
 
 def candidate_features(history: History, target: int, now: float, dots: np.ndarray, rows: np.ndarray,
                        popularity: np.ndarray, max_popularity: float, knn: KnnTable,
-                       knn_all: KnnScores | None = None, kg: ItemEntities | None = None) -> np.ndarray:
+                       knn_all: KnnScores | None = None, kg: ItemEntities | None = None,
+                       als: AlsFactors | None = None, als_user: np.ndarray | None = None) -> np.ndarray:
     """`scorer_extras` of candidates for one (history, target platform) query: [n, len(scorer_features(kg is
-    not None))] float32.
+    not None, als is not None))] float32.
 
     `dots`: u·v of each candidate; `rows`: their item rows (-1 for an item the tables do not know, e.g. free
     text); `popularity`: theirs (0 when unknown); `knn_all`: `knn.scores(history.rows)` when the caller has it;
-    `kg`: for a scorer with the KG features, the items' entities (empty: no knowledge graph, those are 0).
+    `kg`: for a scorer with the KG features, the items' entities (empty: no knowledge graph, those are 0);
+    `als`: for a scorer with the ALS feature, the item factors (`als_user`: the person's vector when the caller
+    has it).
     """
     on_target = history.on(target)
     last_ts = int(history.ts[on_target].max()) if on_target.any() else None
@@ -263,9 +271,11 @@ def candidate_features(history: History, target: int, now: float, dots: np.ndarr
     out = scorer_extras(dots, popularity, max_popularity, int(on_target.sum()), len(history),
                         None if last_ts is None else (now - last_ts) / 86400.0,
                         bool(len(history) and history.platforms[-1] == target), knn_whole, knn_target)
-    if kg is None:
-        return out
-    # The service keeps a person's last HISTORY_SNAPSHOT events; offline histories can be longer.
-    kg_other, kg_target = kg_features(kg, history.rows[-HISTORY_SNAPSHOT:], history.platforms[-HISTORY_SNAPSHOT:],
-                                      target, rows)
-    return np.column_stack([out, kg_other, kg_target])
+    cols = [out]
+    if kg is not None:
+        # The service keeps a person's last HISTORY_SNAPSHOT events; offline histories can be longer.
+        cols += kg_features(kg, history.rows[-HISTORY_SNAPSHOT:], history.platforms[-HISTORY_SNAPSHOT:], target, rows)
+    if als is not None:
+        user = als.user_vector(history.rows[-HISTORY_SNAPSHOT:]) if als_user is None else als_user
+        cols.append(als.scores(user, rows))
+    return np.column_stack(cols).astype(np.float32, copy=False) if len(cols) > 1 else out

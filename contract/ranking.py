@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from contract.als import AlsFactors
 from contract.features import (
     HISTORY_SNAPSHOT,
     History,
@@ -77,6 +78,8 @@ class Tables:
     kg: ItemEntities = field(default_factory=ItemEntities.empty)  # items' entities; empty: no knowledge graph
     kg_candidates: int = 0  # for people new to the target platform: items sharing entities with their history
     kg_features: bool = False  # the scorer reads the KG features (features.KG_EXTRAS) after SCORER_EXTRAS
+    als: AlsFactors | None = None  # ALS item factors: the scorer reads the ALS feature (features.ALS_EXTRAS) last
+    als_candidates: int = 0  # + the N best ALS items the others missed (needs `als`)
 
     @property
     def max_history(self) -> int:
@@ -111,10 +114,12 @@ def candidates(backend: Backend, tables: Tables, queries: Sequence[Query], user_
                n: int | None = None) -> list[Candidates]:
     """Retrieval's top `n` (default `tables.retrieval_candidates`) per query, then up to `knn_candidates`
     live, unseen target-platform items by item-KNN co-occurrence with the history, then (a query with no
-    history on the target platform) up to `kg_candidates` sharing entities with it (`contract.kg`); and
-    their features."""
+    history on the target platform) up to `kg_candidates` sharing entities with it (`contract.kg`), then up
+    to `als_candidates` by ALS score (`contract.als`); and their features."""
     n = n or tables.retrieval_candidates
     knn_all = [tables.knn.scores(q.history.rows) for q in queries]
+    als_user = [tables.als.user_vector(q.history.rows[-HISTORY_SNAPSHOT:]) if tables.als is not None else None
+                for q in queries]
     rows_of: list[np.ndarray] = [_EMPTY] * len(queries)
     by_target: dict[int, list[int]] = {}
     for i, q in enumerate(queries):
@@ -138,19 +143,23 @@ def candidates(backend: Backend, tables: Tables, queries: Sequence[Query], user_
                                      target, tables.kg_candidates, tables.item_platform, tables.popularity,
                                      np.concatenate([ex, rows]), live)
                 rows = np.concatenate([rows, more])
+            if tables.als_candidates and tables.als is not None and backend.has_scorer:
+                more = tables.als.candidates(als_user[i], target, tables.als_candidates, np.concatenate([ex, rows]),
+                                             live)
+                rows = np.concatenate([rows, more])
             rows_of[i] = rows
-    return [Candidates(rows, features(tables, q, user_vecs[i], tables.vectors[rows], rows, knn_all[i]))
+    return [Candidates(rows, features(tables, q, user_vecs[i], tables.vectors[rows], rows, knn_all[i], als_user[i]))
             for i, (q, rows) in enumerate(zip(queries, rows_of, strict=True))]
 
 
 def features(tables: Tables, q: Query, user_vec: np.ndarray, item_vecs: np.ndarray, rows: np.ndarray,
-             knn_all: KnnScores | None = None) -> np.ndarray:
+             knn_all: KnnScores | None = None, als_user: np.ndarray | None = None) -> np.ndarray:
     """Scorer features of items given by vector and row (-1 for items the tables do not hold, e.g. free text)."""
     rows = np.asarray(rows, dtype=np.int64)
     popularity = np.where(rows >= 0, tables.popularity[np.maximum(rows, 0)], 0.0)
     return candidate_features(q.history, q.target, q.now, item_vecs @ user_vec, rows, popularity,
                               tables.max_popularity[q.target], tables.knn, knn_all,
-                              tables.kg if tables.kg_features else None)
+                              tables.kg if tables.kg_features else None, tables.als, als_user)
 
 
 def rerank(backend: Backend, tables: Tables, user_vecs: np.ndarray, cands: Sequence[Candidates]) -> list[Ranked]:

@@ -137,6 +137,11 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
         if not ranker.kg.is_empty:
             kg_file = "kg.npz"
             ranker.kg.save(tmp / kg_file)
+        # ALS item factors: the scorer's ALS feature and candidates (a scorer trained without them: no als.npz).
+        als_file = None
+        if ranker.als is not None:
+            als_file = "als.npz"
+            ranker.als.save(tmp / als_file)
         # The retrieval indexes, built here with every core, so that the service only reads them.
         started = time.perf_counter()
         indexes = write_indexes(tmp, list(ds.platforms), np.asarray(ds.item_platform), vecs.astype(np.float32),
@@ -153,10 +158,12 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
         manifest = Manifest(model_version=version, dim=cfg.dim, platforms=ds.platforms,
                             max_history=cfg.max_history, n_time_buckets=cfg.n_time_buckets,
                             history_snapshot=HISTORY_SNAPSHOT,
-                            max_length=cfg.text_max_length, scorer_extras=list(scorer_features(ranker.kg_features)),
+                            max_length=cfg.text_max_length,
+                            scorer_extras=list(scorer_features(ranker.kg_features, ranker.als is not None)),
                             retrieval_candidates=ranker.candidates,
                             knn_candidates=ranker.knn_candidates, knn_decay=float(ckpt.get("knn_decay", 1.0)),
                             kg=kg_file, kg_candidates=ranker.kg_candidates if kg_file else 0,
+                            als=als_file, als_candidates=ranker.als_candidates if als_file else 0,
                             models=models, indexes=indexes,
                             salt_fingerprint=salt_fingerprint(salt) if salt else "",
                             cutoff_ts=int(ds.timelines.ts.max()) if len(ds.timelines.ts) else None,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from contract import ranking
+from contract.als import AlsFactors
 from contract.bundle import USER_ENCODER_INPUTS
 from contract.features import History, KnnTable, user_encoder_feeds
 from contract.kg import ItemEntities
@@ -116,6 +117,8 @@ class Ranker:
     kg: ItemEntities = field(default_factory=ItemEntities.empty)
     kg_candidates: int = 0
     kg_features: bool = False  # the scorer reads features.KG_EXTRAS too (its width: scorer_features(True))
+    als: AlsFactors | None = None  # ALS item factors: the scorer reads features.ALS_EXTRAS last
+    als_candidates: int = 0
 
     def __post_init__(self) -> None:
         self.platform_items = {p: self.ds.platform_items(p) for p in range(len(self.ds.platforms))}
@@ -128,7 +131,7 @@ class Ranker:
         knn = KnnTable(self.knn_index, self.knn_weight, self.model.cfg.max_history, self.knn_decay)
         return ranking.Tables(self.item_vecs, self.popularity, self.ds.item_platform, self.max_pop, knn,
                               self.candidates, self.knn_candidates, kg=self.kg, kg_candidates=self.kg_candidates,
-                              kg_features=self.kg_features)
+                              kg_features=self.kg_features, als=self.als, als_candidates=self.als_candidates)
 
     def user_vectors(self, queries: Sequence[Query]) -> np.ndarray:
         return ranking.user_vectors(self.backend(), self.tables(), [as_contract_query(q).history for q in queries],
@@ -183,9 +186,13 @@ def user_vectors(model: TwoTower, item_vecs: np.ndarray, queries: Sequence[Query
 def checkpoint_ranker(model: TwoTower, scorer: Scorer | None, ckpt: dict, ds: Dataset, text_vecs: np.ndarray
                       ) -> Ranker:
     """The Ranker a checkpoint written by `training.train` describes, over these text vectors. A checkpoint
-    from before the knowledge graph has no "kg": an empty table, no KG candidates, no KG features."""
+    from before the knowledge graph has no "kg": an empty table, no KG candidates, no KG features; one from
+    before ALS has no "als": no ALS feature, no ALS candidates."""
+    als = ckpt.get("als")
     return Ranker(model, ds, item_vectors(model, text_vecs, ds.item_platform), ckpt["popularity"],
                   ckpt["knn_index"], ckpt["knn_weight"], ckpt.get("knn_decay", 1.0), scorer,
                   ckpt.get("candidates", 100), ckpt.get("knn_candidates", 0),
                   ItemEntities.from_arrays(ckpt.get("kg"), ds.n_items), ckpt.get("kg_candidates", 0),
-                  ckpt.get("kg_features", False))
+                  ckpt.get("kg_features", False),
+                  AlsFactors.of(als["items"], als["alpha"], als["reg"], ds.item_platform) if als else None,
+                  ckpt.get("als_candidates", 0))

@@ -112,6 +112,9 @@ class TrainConfig(BaseModel):
     # + for people new to the target platform, the N target-platform items sharing the most knowledge-graph
     # entities with their other platforms' history (contract.kg.kg_candidates).
     kg_candidates: int = 0
+    # ALS (contract.als) in the scorer: its score as a feature and + the N best ALS items the others missed.
+    als_features: bool = False
+    als_candidates: int = 0
     knn_decays: list[float] = [1.0, 0.8, 0.65, 0.5]  # recency decays of the neighbour table, chosen on valid
     knn_tables: list[str] = ["co-occurrence", "sequential", "mixed"]  # neighbour tables to choose from on valid
     # EASE as a neighbour-table candidate (0: co-occurrence only). Off by default: on Food-Kitchen EASE won as
@@ -540,7 +543,8 @@ def train(cfg: TrainConfig, console: Console | None = None,
     is_target[held] = False
 
     model_cfg = replace(cfg.model, n_items=ds.n_items, n_platforms=len(ds.platforms),
-                        text_dim=text_dim(cfg.model.text_model), scorer_extras=len(scorer_features(cfg.kg_features)))
+                        text_dim=text_dim(cfg.model.text_model),
+                        scorer_extras=len(scorer_features(cfg.kg_features, cfg.als_features)))
     text = TextTower(ds, model_cfg, cfg.text_cache, console)
     model = TwoTower(model_cfg)
     # A batch brings about (targets + history) ≈ 2 × 8 items per window.
@@ -583,6 +587,9 @@ def train(cfg: TrainConfig, console: Console | None = None,
                     knn_candidates=cfg.knn_candidates, kg=kg, kg_candidates=cfg.kg_candidates,
                     kg_features=cfg.kg_features)
     log["neighbours"] = {"chosen": nb.name, "decay": nb.decay, "valid_ndcg@10": nb.tried}
+    if cfg.als_features:  # on the same events as the neighbours: not the scorer's held-out targets
+        ranker.als = ALS(seed=cfg.seed).fit(ds, keep=train_keep).factors
+        ranker.als_candidates = cfg.als_candidates
     if cfg.scorer and len(train_q):
         log["scorer"] = train_scorer(ranker, train_q, choice, cfg, console)
     log["valid_comparison"] = compare_on_valid(ranker, nb, valid, log, console)
@@ -608,6 +615,9 @@ def train(cfg: TrainConfig, console: Console | None = None,
         "kg": kg.arrays(),
         "kg_candidates": cfg.kg_candidates,
         "kg_features": cfg.kg_features,
+        "als": None if ranker.als is None else {"items": ranker.als.items, "alpha": ranker.als.alpha,
+                                                "reg": ranker.als.reg},
+        "als_candidates": ranker.als_candidates,
         "popularity": popularity,
         "log": log,
     }, ckpt)

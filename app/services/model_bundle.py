@@ -27,6 +27,7 @@ from app.services.onnx import active_provider, make_session, select_providers
 from app.services.ranking import Models
 from app.services.retrieval import Catalog, IndexParams, PlatformIndex
 from app.services.text_embedder import TextEmbedder
+from contract.als import AlsFactors
 from contract.bundle import (
     BundleError,
     Manifest,
@@ -236,9 +237,12 @@ def _load(path: Path, settings: Settings) -> LoadedBundle:
     kg = ItemEntities.load(path / manifest.kg) if manifest.kg else ItemEntities.empty(len(item_ids))
     if kg.n_items != len(item_ids):
         raise BundleError(f"{manifest.kg}: {kg.n_items} rows, items.parquet has {len(item_ids)}")
+    als = AlsFactors.load(path / manifest.als, item_platform) if manifest.als_features and manifest.als else None
+    if als is not None and als.n_rows != len(item_ids):
+        raise BundleError(f"{manifest.als}: {als.n_rows} rows, items.parquet has {len(item_ids)}")
     models = Models(user_encoder, scorer, manifest.retrieval_candidates,
                     KnnTable(knn_index, knn_weight, manifest.max_history, manifest.knn_decay), manifest.knn_candidates,
-                    kg, manifest.kg_candidates, manifest.kg_features)
+                    kg, manifest.kg_candidates, manifest.kg_features, als, manifest.als_candidates)
 
     hist = _read(path / "history.parquet", ["person", "platform", "item_id", "ts"])
     hist = hist.filter(pc.is_in(hist.column("platform"), value_set=pa.array(manifest.platforms)))

@@ -24,6 +24,7 @@ import onnxruntime as ort
 
 from app.services.retrieval import Catalog
 from contract import ranking
+from contract.als import AlsFactors
 from contract.features import History as _History
 from contract.features import KnnTable
 from contract.kg import ItemEntities
@@ -46,6 +47,8 @@ class Models:
     kg: ItemEntities = field(default_factory=ItemEntities.empty)  # kg.npz; empty: the bundle has no KG
     kg_candidates: int = 0  # manifest.kg_candidates: KG items added for people new to the target platform
     kg_features: bool = False  # manifest.kg_features: the scorer reads the KG features
+    als: AlsFactors | None = None  # als.npz: the scorer reads the ALS feature; None: it does not
+    als_candidates: int = 0  # manifest.als_candidates: ALS items added to the candidates
 
     @property
     def max_history(self) -> int:
@@ -99,7 +102,7 @@ def tables(models: Models, catalog: Catalog) -> ranking.Tables:
     # `live`: what may be recommended (item-KNN and KG candidates): live and available rows.
     return ranking.Tables(catalog.vectors, catalog.popularity, catalog.platform, catalog.max_popularity,
                           models.knn, models.retrieval_candidates, models.knn_candidates, catalog.recommendable,
-                          models.kg, models.kg_candidates, models.kg_features)
+                          models.kg, models.kg_candidates, models.kg_features, models.als, models.als_candidates)
 
 
 def user_vectors(models: Models, catalog: Catalog, histories: Sequence[_History], targets: Sequence[int]

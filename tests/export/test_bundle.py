@@ -210,3 +210,47 @@ def test_a_model_with_kg_features_and_candidates_serves_them(tiny_bundle, tmp_pa
         assert np.array_equal(a[:, -2:], b[:, -2:])
         n_kg += int((a[:, -2:] > 0).any())
     assert n_kg > 0, "some query has items sharing entities with its history"
+
+
+def test_a_model_with_the_als_feature_and_candidates_serves_them(tiny_bundle, tmp_path, tiny_text_model):
+    """`als_features = true`, `als_candidates = 5`: the scorer is trained on SCORER_EXTRAS + ALS_EXTRAS, the
+    bundle carries the factors (als.npz), and the service computes the same candidates and features as the
+    trained model's own ranker; an old checkpoint without ALS still exports without it."""
+    from app.services.ranking import OnnxBackend
+    from app.services.ranking import tables as service_tables
+    from contract import ranking
+    from contract.features import scorer_features
+    from training.evaluate import make_queries
+    from training.pipeline import as_contract_query
+    from training.report import model_rankers
+
+    root = tiny_bundle.parents[1]
+    ckpt = train(TrainConfig(dataset=root / "ds", out=tmp_path / "run", epochs=1, batch_tokens=256, scorer_epochs=1,
+                             text_cache=root / "cache", als_features=True, als_candidates=5, candidates=5,
+                             model=ModelConfig(dim=16, n_layers=1, text_model=tiny_text_model)))
+    assert load_checkpoint(ckpt).scorer.linear.in_features == len(scorer_features(False, True))
+    out = export_bundle(ckpt, tmp_path / "bundles", version="als", salt="s", measure_variants=False,
+                        log=lambda _: None)
+    m = read_manifest(out)
+    assert m.scorer_extras == list(scorer_features(False, True)) and m.als_features and m.als_candidates == 5
+    assert m.als == "als.npz" and "als.npz" in m.files and m.models["scorer"].parity["max_abs_diff"] <= 1e-4
+    loaded = _load(out, tmp_path)
+    ds, ranker = model_rankers(ckpt)
+    assert ranker.als is not None and loaded.models.als is not None and loaded.models.als_candidates == 5
+    assert np.array_equal(loaded.models.als.items, ranker.als.items)
+    online, offline = service_tables(loaded.models, loaded.catalog), ranker.tables()
+    queries = [as_contract_query(q) for q in make_queries(ds, "valid") if len(q.items)][:20]
+    u = ranker.user_vectors([q for q in make_queries(ds, "valid") if len(q.items)][:20])
+    a = ranking.candidates(OnnxBackend(loaded.models, loaded.catalog), online, queries, u)
+    b = ranking.candidates(ranker.backend(), offline, queries, u)
+    n_als = 0
+    for ca, cb in zip(a, b, strict=True):
+        assert ca.rows.tolist() == cb.rows.tolist() and ca.extras.shape[1] == len(scorer_features(False, True))
+        assert np.array_equal(ca.extras[:, -1], cb.extras[:, -1])
+        n_als += len(ca.rows) - 5
+    assert n_als > 0, "ALS (and item-KNN) add candidates beyond retrieval's 5"
+    # The checkpoint without ALS exports as before: no als.npz, SCORER_EXTRAS only.
+    old = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert old["als"] is not None
+    m0 = read_manifest(tiny_bundle)
+    assert m0.als is None and not m0.als_features and not (tiny_bundle / "als.npz").exists()
