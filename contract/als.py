@@ -1,10 +1,11 @@
 """ALS item factors in the ranking path: a scorer feature and candidates, the same offline and online.
 
-A person's ALS vector is solved from their history at query time (the implicit-feedback ALS user step,
-Hu, Koren & Volinsky 2008, as the `implicit` library trains it), so it needs no per-person state and a person new to a platform gets one from
-their other platforms. Matrix factorisation carries collaborative signal that neither item-KNN (only items
-that co-occur with the history) nor the two-tower (trained on next-item targets) has: on Food-Kitchen
-variants and the kept-aside two-shop sets it was the strongest ranking for people new to a platform.
+A person's ALS vector is solved from their history at query time (the implicit-feedback ALS user step, Hu, Koren
+& Volinsky 2008, as the `implicit` library trains it), so it needs no per-person state and a person new to a
+platform gets one from their other platforms. Matrix factorisation carries collaborative signal that neither
+item-KNN (only items that co-occur with the history) nor the two-tower (trained on next-item targets) has: on
+Food-Kitchen variants and the kept-aside two-shop sets it was the strongest ranking for people new to a
+platform.
 
 numpy only: the service imports this (`als.npz` in a bundle).
 """
@@ -24,6 +25,7 @@ class AlsFactors:
     reg: float
     gram: np.ndarray  # float64 [k, k]: itemsᵀ items + reg · I, shared by every person's solve
     platform_rows: tuple[np.ndarray, ...]  # per platform id, its rows (ascending): where candidates come from
+    platform_items: tuple[np.ndarray, ...]  # per platform id, items[its rows], contiguous (one GEMV a query)
 
     @classmethod
     def of(cls, items: np.ndarray, alpha: float, reg: float, item_platform: np.ndarray) -> AlsFactors:
@@ -32,7 +34,8 @@ class AlsFactors:
         y64 = y.astype(np.float64)
         plat = np.asarray(item_platform, dtype=np.int64)[:len(y)]
         rows = tuple(np.flatnonzero(plat == p) for p in range(int(plat.max(initial=-1)) + 1))
-        return cls(y, float(alpha), float(reg), y64.T @ y64 + reg * np.eye(y.shape[1]), rows)
+        return cls(y, float(alpha), float(reg), y64.T @ y64 + reg * np.eye(y.shape[1]), rows,
+                   tuple(np.ascontiguousarray(y[r]) for r in rows))
 
     @property
     def n_rows(self) -> int:
@@ -65,8 +68,7 @@ class AlsFactors:
         (36k items: ~0.1 ms). Items added after export have no factors and are never ALS candidates."""
         if n <= 0 or not user.any() or platform >= len(self.platform_rows):
             return np.zeros(0, dtype=np.int64)
-        rows = self.platform_rows[platform]
-        s = self.items[rows] @ user
+        rows, s = self.platform_rows[platform], self.platform_items[platform] @ user
         ok = np.ones(len(rows), dtype=bool)
         if live is not None:
             ok &= live[rows]

@@ -19,7 +19,7 @@ from pydantic import ConfigDict, field_validator
 from pydantic.dataclasses import dataclass
 from torch import nn
 
-from contract.features import N_TIME_BUCKETS, SCORER_EXTRAS
+from contract.features import N_TIME_BUCKETS, SCORER_EXTRAS, scorer_features
 
 
 @dataclass(config=ConfigDict(extra="forbid"))
@@ -198,6 +198,15 @@ SCORER_STARTS: dict[str, dict[str, float]] = {
 }
 
 
+def feature_names(width: int) -> tuple[str, ...]:
+    """The scorer's feature columns for its width: `scorer_features` with or without the KG and ALS ones."""
+    for kg in (False, True):
+        for als in (False, True):
+            if len(scorer_features(kg, als)) == width:
+                return scorer_features(kg, als)
+    return SCORER_EXTRAS  # a test's scorer of another width: the base features come first
+
+
 class Scorer(nn.Module):
     """A linear model over the scalar features plus an MLP over everything that starts at zero.
 
@@ -221,8 +230,9 @@ class Scorer(nn.Module):
         with torch.no_grad():
             self.linear.weight.zero_()
             self.linear.bias.zero_()
+            names = feature_names(self.linear.in_features)
             for name, w in weights.items():
-                self.linear.weight[0, SCORER_EXTRAS.index(name)] = w
+                self.linear.weight[0, names.index(name)] = w
             nn.init.zeros_(self.net[-1].weight)
             nn.init.zeros_(self.net[-1].bias)
 

@@ -33,12 +33,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from contract.als import AlsFactors
 from contract.features import scorer_features
 from training.baselines import ALS, Popularity
 from training.evaluate import Query, bootstrap_win_share, make_queries, metrics_from_ranks, ndcg_per_query, ranks
 from training.finetune import TextTower
 from training.kg.table import item_entities
-from training.model import SCORER_STARTS, ModelConfig, Scorer, TwoTower
+from training.model import SCORER_STARTS, ModelConfig, Scorer, TwoTower, feature_names
 from training.neighbours import Neighbours, choose_neighbours
 from training.pipeline import Ranker, item_vectors
 from training.sequences import Dataset, Timelines, load_dataset
@@ -112,9 +113,12 @@ class TrainConfig(BaseModel):
     # + for people new to the target platform, the N target-platform items sharing the most knowledge-graph
     # entities with their other platforms' history (contract.kg.kg_candidates).
     kg_candidates: int = 0
-    # ALS (contract.als) in the scorer: its score as a feature and + the N best ALS items the others missed.
-    als_features: bool = False
-    als_candidates: int = 0
+    # ALS (contract.als) in the scorer: its score as a feature, + the N best ALS items the others missed.
+    # "auto": the scorer is trained without and with them and the better on valid ships (`choose_als`). On the
+    # Food-Kitchen variants they moved valid by under ±0.001 (docs/results.md), so it is chosen per data set;
+    # with ≥ 10 ALS candidates, ALS alone is also a baseline the shipped ranking is never below on valid.
+    als_features: bool | Literal["auto"] = "auto"
+    als_candidates: int = 50
     knn_decays: list[float] = [1.0, 0.8, 0.65, 0.5]  # recency decays of the neighbour table, chosen on valid
     knn_tables: list[str] = ["co-occurrence", "sequential", "mixed"]  # neighbour tables to choose from on valid
     # EASE as a neighbour-table candidate (0: co-occurrence only). Off by default: on Food-Kitchen EASE won as
@@ -394,15 +398,21 @@ def scorer_examples(ranker: Ranker, queries: list[Query]) -> tuple[torch.Tensor,
             torch.from_numpy(np.stack([pad(x) for x in extras])), torch.from_numpy(real), torch.tensor(labels))
 
 
-def scorer_starts(extras: torch.Tensor) -> dict[str, dict[str, float]]:
+def scorer_starts(extras: torch.Tensor, als_baseline: bool = False) -> dict[str, dict[str, float]]:
     """`SCORER_STARTS` plus blends of retrieval and neighbours with each part scaled to its spread on the
-    scorer's training candidates (EASE weights are far smaller than co-occurrence ones)."""
+    scorer's training candidates (EASE weights are far smaller than co-occurrence ones), and ALS alone for a
+    scorer with the ALS feature and ≥ 10 ALS candidates (`als_baseline`: the candidates then hold ALS's own top
+    10, so it ranks as the ALS baseline)."""
     from contract.features import SCORER_EXTRAS
 
     std = extras.float().std(dim=0)
     dot = 1.0 / max(float(std[SCORER_EXTRAS.index("dot")]), 1e-6)
     knn = 1.0 / max(float(std[SCORER_EXTRAS.index("log_knn")]), 1e-6)
-    return SCORER_STARTS | {f"blend {a}:{b}": {"dot": a * dot, "log_knn": b * knn} for a, b in ((1, 1), (1, 3), (3, 1))}
+    blends = {f"blend {a}:{b}": {"dot": a * dot, "log_knn": b * knn} for a, b in ((1, 1), (1, 3), (3, 1))}
+    starts = SCORER_STARTS | blends
+    if als_baseline and "als" in feature_names(extras.shape[1]):  # ALS alone, a baseline like the neighbours
+        starts["als"] = {"als": 10.0, "log_popularity": 1e-5, "dot": 1e-7}
+    return starts
 
 
 def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: TrainConfig,
@@ -427,7 +437,7 @@ def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: 
     # Fixed rankings the scorer can express (retrieval, the neighbour table, blends) against the trained one
     # on valid: see `ship_scorer`. Training itself always starts from retrieval (other starts train worse:
     # measured on Food-Kitchen).
-    starts, per_query, weights = {}, {}, scorer_starts(x[real])
+    starts, per_query, weights = {}, {}, scorer_starts(x[real], ranker.als is not None and ranker.als_candidates >= 10)
     for name, w in weights.items():
         scorer.start_from(w)
         per_query[name] = valid_ndcg_per_query()
@@ -479,19 +489,51 @@ def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: 
             "train_queries": len(train_q), "train_examples": int(len(y)), "improved": improved}
 
 
+def choose_als(ranker: Ranker, als: AlsFactors | None, train_q: list[Query], choice: list[Query],
+               cfg: TrainConfig, console: Console) -> dict[str, object]:
+    """Train the scorer with the ALS feature and candidates (`als_features = true`), without (false or no
+    `als`), or both ways and keep the better on valid (`"auto"`; a tie keeps the cheaper one without). Sets
+    `ranker.scorer`, `ranker.als`, `ranker.als_candidates` and the model config's scorer width to the choice."""
+
+    def fit(with_als: bool) -> dict[str, object]:
+        ranker.als, ranker.als_candidates = (als, cfg.als_candidates) if with_als else (None, 0)
+        ranker.model.cfg.scorer_extras = len(scorer_features(cfg.kg_features, with_als))
+        return train_scorer(ranker, train_q, choice, cfg, console) | {"als": with_als}
+
+    if als is None or cfg.als_features is not True and cfg.als_features != "auto":
+        return fit(False)
+    if cfg.als_features is True:
+        return fit(True)
+    without = fit(False)
+    kept = ranker.scorer
+    with_als = fit(True)
+    a, b = without["best_valid_ndcg@10"], with_als["best_valid_ndcg@10"]
+    console.print(f"ALS in the scorer: valid NDCG@10 {b:.4f} with, {a:.4f} without → "
+                  + ("with" if b > a else "without"))
+    if b > a:
+        return with_als | {"als_choice": {"with": b, "without": a}}
+    ranker.scorer, ranker.als, ranker.als_candidates = kept, None, 0
+    ranker.model.cfg.scorer_extras = len(scorer_features(cfg.kg_features, False))
+    return without | {"als_choice": {"with": b, "without": a}}
+
+
+BASELINE_STARTS = ("neighbours", "als")  # fixed rankings that are baselines: never shipped below them on valid
+
+
 def ship_scorer(trained: np.ndarray | None, fixed: dict[str, np.ndarray], sure: float = 0.95) -> str:
     """What the bundle's scorer ranks by: "trained", or the name of a fixed ranking (per-query valid NDCG@10).
 
-    The neighbour table alone is a baseline (item-KNN): it ships whenever it is ahead on valid, so the final
-    ranking is never below it there. Retrieval and the blends are the model's own rankings; one replaces the
-    trained scorer only when it is ahead in at least `sure` of paired bootstrap resamples of valid. A valid
-    split of ~1,000 targets cannot tell apart differences of a few thousandths, and on Food-Kitchen a blend
-    that led by 0.002 on valid was 0.012 behind on test (0.0886 vs 0.1003).
+    The neighbour table alone is a baseline (item-KNN), and so is ALS alone (with the ALS feature): each ships
+    whenever it is ahead on valid, so the final ranking is never below them there. Retrieval and the blends are
+    the model's own rankings; one replaces the trained scorer only when it is ahead in at least `sure` of paired
+    bootstrap resamples of valid. A valid split of ~1,000 targets cannot tell apart differences of a few
+    thousandths, and on Food-Kitchen a blend that led by 0.002 on valid was 0.012 behind on test (0.0886 vs
+    0.1003).
     """
     if trained is None:
         return max(fixed, key=lambda k: fixed[k].mean())
     ahead = {name: q.mean() for name, q in fixed.items()
-             if (q.mean() > trained.mean() if name == "neighbours" else bootstrap_win_share(q, trained) >= sure)}
+             if (q.mean() > trained.mean() if name in BASELINE_STARTS else bootstrap_win_share(q, trained) >= sure)}
     return max(ahead, key=ahead.get) if ahead else "trained"
 
 
@@ -544,7 +586,7 @@ def train(cfg: TrainConfig, console: Console | None = None,
 
     model_cfg = replace(cfg.model, n_items=ds.n_items, n_platforms=len(ds.platforms),
                         text_dim=text_dim(cfg.model.text_model),
-                        scorer_extras=len(scorer_features(cfg.kg_features, cfg.als_features)))
+                        scorer_extras=len(scorer_features(cfg.kg_features, cfg.als_features is True)))
     text = TextTower(ds, model_cfg, cfg.text_cache, console)
     model = TwoTower(model_cfg)
     # A batch brings about (targets + history) ≈ 2 × 8 items per window.
@@ -587,11 +629,10 @@ def train(cfg: TrainConfig, console: Console | None = None,
                     knn_candidates=cfg.knn_candidates, kg=kg, kg_candidates=cfg.kg_candidates,
                     kg_features=cfg.kg_features)
     log["neighbours"] = {"chosen": nb.name, "decay": nb.decay, "valid_ndcg@10": nb.tried}
-    if cfg.als_features:  # on the same events as the neighbours: not the scorer's held-out targets
-        ranker.als = ALS(seed=cfg.seed).fit(ds, keep=train_keep).factors
-        ranker.als_candidates = cfg.als_candidates
+    # ALS on the same events as the neighbours: not the scorer's held-out targets.
+    als = ALS(seed=cfg.seed).fit(ds, keep=train_keep).factors if cfg.als_features and cfg.scorer else None
     if cfg.scorer and len(train_q):
-        log["scorer"] = train_scorer(ranker, train_q, choice, cfg, console)
+        log["scorer"] = choose_als(ranker, als, train_q, choice, cfg, console)
     log["valid_comparison"] = compare_on_valid(ranker, nb, valid, log, console)
     log["minutes"] = round((time.perf_counter() - started) / 60, 2)
 

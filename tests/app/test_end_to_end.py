@@ -29,11 +29,12 @@ def pipeline(tmp_path_factory, tiny_text_model):
     root = tmp_path_factory.mktemp("e2e")
     mapping = write_demo(root / "raw", people=300, items_per_platform=40, seed=5)
     build_dataset(load_sources(mapping), root / "ds", salt=SALT)
-    # 10 retrieval + up to 10 item-KNN candidates of 40 items per platform: both sources reach the scorer.
+    # 10 retrieval + up to 10 item-KNN + 5 ALS candidates of 40 items per platform: every source reaches the
+    # scorer, which reads the ALS feature too (so the skew check covers contract.als in the service).
     ckpt = train(TrainConfig(dataset=root / "ds", out=root / "run", epochs=2, batch_tokens=256, scorer_epochs=2,
                              text_cache=root / "cache",
                              model=ModelConfig(dim=16, n_layers=1, text_model=tiny_text_model),
-                             candidates=10, knn_candidates=10))
+                             candidates=10, knn_candidates=10, als_features=True, als_candidates=5))
     bundle = export_bundle(ckpt, root / "bundles", version="e2e", salt=SALT, measure_variants=False)
     return root, ckpt, bundle
 

@@ -151,5 +151,37 @@ def test_own_blends_replace_the_trained_scorer_only_when_surely_ahead_but_the_ba
     nb = trained.copy()
     nb[0] += 0.01
     assert ship_scorer(trained, {"retrieval": trained - 0.01, "neighbours": nb}) == "neighbours"
+    # so is ALS alone (a scorer with the ALS feature): the better of the two baselines ships
+    als = nb.copy()
+    als[1] += 0.01
+    assert ship_scorer(trained, {"neighbours": nb, "als": als}) == "als"
+    assert ship_scorer(trained, {"neighbours": trained - 0.01, "als": als - 0.02}) == "trained"
     # no trained state (it never beat retrieval): the best fixed ranking
     assert ship_scorer(None, {"retrieval": trained, "neighbours": trained - 0.01}) == "retrieval"
+
+
+def test_als_in_the_scorer_is_chosen_on_valid_and_the_checkpoint_matches_the_choice(demo_ds, tmp_path,
+                                                                                    tiny_text_model):
+    """`als_features = "auto"`: the scorer trains without and with ALS; the better on valid ships, and the
+    checkpoint's scorer width, ALS factors and candidates say which. `false` never fits ALS."""
+    from contract.features import scorer_features
+    from training.checkpoint import load_checkpoint
+
+    base = dict(dataset=demo_ds, epochs=1, batch_tokens=256, scorer_epochs=2, text_cache=tmp_path / "cache",
+                candidates=10, knn_candidates=10, als_candidates=10,
+                model=ModelConfig(dim=16, n_layers=1, text_model=tiny_text_model))
+    ckpt = train(TrainConfig(out=tmp_path / "auto", **base))
+    saved = torch.load(ckpt, weights_only=False)
+    choice = saved["log"]["scorer"]["als_choice"]
+    with_als = choice["with"] > choice["without"]
+    assert saved["log"]["scorer"]["als"] is with_als
+    assert (saved["als"] is not None) is with_als and saved["als_candidates"] == (10 if with_als else 0)
+    width = len(scorer_features(False, with_als))
+    assert saved["model_args"]["scorer_extras"] == width == load_checkpoint(ckpt).scorer.linear.in_features
+    assert saved["log"]["scorer"]["best_valid_ndcg@10"] == max(choice.values())
+    if with_als:  # with ≥ 10 ALS candidates, ALS alone is one of the fixed rankings (a baseline)
+        assert "als" in saved["log"]["scorer"]["starts"]
+
+    off = torch.load(train(TrainConfig(out=tmp_path / "off", als_features=False, **base)), weights_only=False)
+    assert off["als"] is None and "als_choice" not in off["log"]["scorer"] and not off["log"]["scorer"]["als"]
+    assert off["model_args"]["scorer_extras"] == len(scorer_features(False))
