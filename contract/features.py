@@ -45,7 +45,7 @@ SCORER_EXTRAS = (
 # type or category with the candidate) on the other platforms (through linked entities) / on the target one.
 KG_EXTRAS = ("kg_other", "kg_target")
 # Appended last for a scorer trained with `als_features`: the candidate's ALS score, item factors · the person's
-# ALS vector solved from their whole fused history (`contract.als`).
+# ALS vector solved from their last HISTORY_SNAPSHOT fused events (`contract.als`).
 ALS_EXTRAS = ("als",)
 
 

@@ -500,7 +500,7 @@ def choose_als(ranker: Ranker, als: AlsFactors | None, train_q: list[Query], cho
         ranker.model.cfg.scorer_extras = len(scorer_features(cfg.kg_features, with_als))
         return train_scorer(ranker, train_q, choice, cfg, console) | {"als": with_als}
 
-    if als is None or cfg.als_features is not True and cfg.als_features != "auto":
+    if als is None:  # als_features = false (or no scorer)
         return fit(False)
     if cfg.als_features is True:
         return fit(True)
