@@ -52,7 +52,7 @@ def main(checkpoint: Path, specs: list[str]) -> None:
         parts = [int(x) for x in spec.split(",")]
         ranker.candidates, ranker.knn_candidates = parts[:2]
         if len(parts) > 2 and als is None:
-            als = ALS(seed=cfg.seed).fit(ds, keep=keep).factors
+            als = ALS(seed=cfg.seed).fit(ds, keep=keep).fitted
         ranker.als, ranker.als_candidates = (als, parts[2]) if len(parts) > 2 else (None, 0)
         ranker.model.cfg.scorer_extras = len(scorer_features(ranker.kg_features, ranker.als is not None))
         log = train_scorer(ranker, train_q, valid, cfg, Console(stderr=True, quiet=True))

@@ -630,7 +630,7 @@ def train(cfg: TrainConfig, console: Console | None = None,
                     kg_features=cfg.kg_features)
     log["neighbours"] = {"chosen": nb.name, "decay": nb.decay, "valid_ndcg@10": nb.tried}
     # ALS on the same events as the neighbours: not the scorer's held-out targets.
-    als = ALS(seed=cfg.seed).fit(ds, keep=train_keep).factors if cfg.als_features and cfg.scorer else None
+    als = ALS(seed=cfg.seed).fit(ds, keep=train_keep).fitted if cfg.als_features and cfg.scorer else None
     if cfg.scorer and len(train_q):
         log["scorer"] = choose_als(ranker, als, train_q, choice, cfg, console)
     log["valid_comparison"] = compare_on_valid(ranker, nb, valid, log, console)

@@ -38,7 +38,7 @@ class ALS:
                                         iterations=self.iterations, random_state=self.seed)
         model.fit(x, show_progress=False)
         # The item factors and the user solve the scorer's ALS feature uses too (contract.als)
-        self.factors = AlsFactors.of(np.asarray(model.item_factors), self.alpha, self.reg, ds.item_platform)
+        self.fitted = AlsFactors.of(np.asarray(model.item_factors), self.alpha, self.reg, ds.item_platform)
         self.tiebreak = popularity_tiebreak(ds, 1e-9)
         return self
 
@@ -46,5 +46,5 @@ class ALS:
         out = []
         for q in queries:
             cand = self.ds.platform_items(q.platform)
-            out.append(self.factors.scores(self.factors.user_vector(q.items), cand) + self.tiebreak[cand])
+            out.append(self.fitted.scores(self.fitted.user_vector(q.items), cand) + self.tiebreak[cand])
         return out
