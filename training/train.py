@@ -115,7 +115,7 @@ class TrainConfig(BaseModel):
     kg_candidates: int = 0
     # ALS (contract.als) in the scorer: its score as a feature, + the N best ALS items the others missed.
     # "auto": the scorer is trained without and with them and the better on valid ships (`choose_als`). On the
-    # Food-Kitchen variants they moved valid by under ±0.001 (docs/results.md), so it is chosen per data set;
+    # Food-Kitchen variants they moved valid by under ±0.002 (docs/results.md), so it is chosen per data set;
     # with ≥ 10 ALS candidates, ALS alone is also a baseline the shipped ranking is never below on valid.
     als_features: bool | Literal["auto"] = "auto"
     als_candidates: int = 50
