@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.top_rows import top_rows
+
 
 @dataclass(frozen=True)
 class AlsFactors:
@@ -68,20 +70,7 @@ class AlsFactors:
         (36k items: ~0.1 ms). Items added after export have no factors and are never ALS candidates."""
         if n <= 0 or not user.any() or platform >= len(self.platform_rows):
             return np.zeros(0, dtype=np.int64)
-        rows, s = self.platform_rows[platform], self.platform_items[platform] @ user
-        ok = np.ones(len(rows), dtype=bool)
-        if live is not None:
-            ok &= live[rows]
-        if len(exclude):
-            ex = np.asarray(exclude, dtype=np.int64)
-            pos = np.minimum(np.searchsorted(rows, ex), max(len(rows) - 1, 0))
-            if len(rows):
-                ok[pos[rows[pos] == ex]] = False
-        rows, s = rows[ok], s[ok]
-        if len(rows) > n:
-            top = np.argpartition(-s, n - 1)[:n]
-            rows, s = rows[top], s[top]
-        return rows[np.lexsort((rows, -s))].astype(np.int64)
+        return top_rows(self.platform_rows[platform], self.platform_items[platform] @ user, n, exclude, live)
 
     def save(self, path: Path) -> None:
         np.savez(path, items=self.items, alpha=np.float64(self.alpha), reg=np.float64(self.reg))

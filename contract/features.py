@@ -23,6 +23,7 @@ import numpy as np
 
 from contract.als import AlsFactors
 from contract.kg import ItemEntities, kg_features
+from contract.top_rows import top_rows
 
 N_TIME_BUCKETS = 16  # 0 = padding, 1 = first event (no gap), 2.. = log2 of the gap in hours
 # Events per person the service keeps (and the bundle's history snapshot holds): more than the user encoder
@@ -218,18 +219,7 @@ def knn_candidates(scores: KnnScores, n: int, item_platform: np.ndarray, target:
     if n <= 0:
         return np.zeros(0, dtype=np.int64)
     rows, values = scores.rows, scores.values
-    ok = (values > 0) & (item_platform[rows] == target)
-    if live is not None:
-        ok &= live[rows]
-    if len(exclude) and len(rows):  # rows are sorted: find each excluded row by binary search
-        ex = np.asarray(exclude, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(rows, ex), len(rows) - 1)
-        ok[pos[rows[pos] == ex]] = False
-    rows, values = rows[ok], values[ok]
-    if len(rows) > n:
-        top = np.argpartition(-values, n - 1)[:n]
-        rows, values = rows[top], values[top]
-    return rows[np.lexsort((rows, -values))].astype(np.int64)
+    return top_rows(rows, values, n, exclude, live, keep=(values > 0) & (item_platform[rows] == target))
 
 
 def scorer_extras(dot: np.ndarray, popularity: np.ndarray, max_popularity: float, n_target: int,
