@@ -14,6 +14,9 @@ One folder per variant under --out, each with its own mapping file `<variant>.to
                  each platform becomes a held-out target (half the persons valid, half test, seeded), removed
                  from the events and timed after the last event, as the source's targets are; the source's
                  eval files are not used.
+  no-text        the last platform's catalog (Food-Kitchen: kitchen) with every item's text blanked, as a shop
+                 whose catalog has no usable text exports it; events, links and targets unchanged. Items of
+                 that platform are told apart by their IDs and the people who used them, never by text.
 
 Only the files a variant changes are written, in the source's own formats and columns, dirt included (so that
 cleaning still has work to do). The mapping file is a copy of the source's with `data_root = "."` (the variant
@@ -49,7 +52,7 @@ from training.data.sources import Format, PlatformSource, SourceConfig, detect_f
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MAPPING = REPO / "configs/food-kitchen.toml"
 DEFAULT_DATA_ROOT = Path(os.environ.get("XREC_DATA_ROOT", REPO.parent / "shared/data/food-kitchen"))
-VARIANTS = ("sparse", "order-only", "both-platform")
+VARIANTS = ("sparse", "order-only", "both-platform", "no-text")
 ORDER_BASE = 1_000_000_000  # order-only times: epoch seconds from 2001-09-09, one second per rank
 Row = dict[str, Any]
 
@@ -182,6 +185,7 @@ class Source:
     evals: dict[str, list[RawFile]]  # split → its target files
     links: RawFile | None
     catalogs: dict[str, set[str]]  # platform → item ids
+    catalog_files: dict[str, list[RawFile]]  # platform → its catalog file(s), rows as read
     linked: dict[tuple[str, str], str] = field(default_factory=dict)  # (platform, account) → link person
 
     def person(self, platform: str, account: str) -> str | None:
@@ -209,9 +213,9 @@ def read_source(mapping: Path, data_root: Path) -> Source:
         return [read_raw(root, p, detect_format(p, fmt)) for p in paths]
 
     events = {p: read_all(src.events, src.format, f"{p} events") for p, src in cfg.platforms.items()}
-    catalogs = {}
+    catalogs, catalog_files = {}, {}
     for p, src in cfg.platforms.items():
-        files = read_all([src.catalog.file], src.catalog.format, f"{p} catalog")
+        files = catalog_files[p] = read_all([src.catalog.file], src.catalog.format, f"{p} catalog")
         catalogs[p] = {_text(row.get(src.catalog.id)) for f in files for row in f.rows}
     evals = {}
     if cfg.eval is not None:
@@ -226,7 +230,7 @@ def read_source(mapping: Path, data_root: Path) -> Source:
         links = files[0]
         for row in links.rows:
             linked[(_text(row.get(idn.platform)), _text(row.get(idn.account)))] = _text(row.get(idn.person))
-    return Source(cfg, mapping.read_text(encoding="utf-8"), events, evals, links, catalogs, linked)
+    return Source(cfg, mapping.read_text(encoding="utf-8"), events, evals, links, catalogs, catalog_files, linked)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -242,6 +246,7 @@ class Variant:
     events: dict[str, list[RawFile]] | None = None
     evals: dict[str, list[RawFile]] | None = None
     links: RawFile | None = None
+    catalogs: dict[str, list[RawFile]] | None = None  # only the platforms whose catalog changed
     notes: list[str] = field(default_factory=list)  # extra figures for the summary line
 
 
@@ -418,6 +423,16 @@ def both_platform(src: Source, seed: int = 0) -> Variant:
     return variant
 
 
+def no_text(src: Source) -> Variant:
+    """The last platform's catalog with every item's text blanked (the ID and attribute columns kept)."""
+    platform = list(src.cfg.platforms)[-1]
+    cat = src.cfg.platforms[platform].catalog
+    files = [f.with_rows([{**row, cat.text: ""} for row in f.rows]) for f in src.catalog_files[platform]]
+    n = sum(len(f.rows) for f in files)
+    return Variant("no-text", f"{platform}'s catalog text ({cat.text!r}) blanked on all {n:,} rows",
+                   catalogs={platform: files})
+
+
 def _first_value(files: list[RawFile], column: str) -> Any:
     return next((row[column] for f in files for row in f.rows if column in row), None)
 
@@ -442,7 +457,7 @@ def _mapping_text(src: Source, v: Variant, folder: Path) -> str:
     """The source mapping with data_root = the variant folder, and unchanged files read from the source."""
     cfg = src.cfg
     back = Path(os.path.relpath(cfg.root.resolve(), folder.resolve())).as_posix()
-    unchanged = [s.catalog.file for s in cfg.platforms.values()]
+    unchanged = [s.catalog.file for p, s in cfg.platforms.items() if p not in (v.catalogs or {})]
     if v.events is None:
         unchanged += [pattern for s in cfg.platforms.values() for pattern in s.events]
     if v.links is None and cfg.identity is not None:
@@ -478,6 +493,7 @@ def write_variant(src: Source, v: Variant, out: Path) -> Path:
     files = [f for files in (v.events or {}).values() for f in files]
     files += [f for files in (v.evals or {}).values() for f in files]
     files += [v.links] if v.links is not None else []
+    files += [f for files in (v.catalogs or {}).values() for f in files]
     mapping = _mapping_text(src, v, folder)  # paths relative to the final folder, not the temp one
     with atomic_dir(folder) as tmp:  # replaced as a whole: a stale dataset built from an older run goes too
         for f in files:
@@ -527,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         "sparse": lambda: sparse(src, args.seed, args.fraction),
         "order-only": lambda: order_only(src),
         "both-platform": lambda: both_platform(src, args.seed),
+        "no-text": lambda: no_text(src),
     }
     for name in names:
         v = make[name]()

@@ -10,6 +10,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from training.data.build import build_dataset
@@ -194,6 +195,28 @@ def test_both_platform_holds_out_each_persons_last_event_per_platform(raw, tmp_p
     report = _build(mv.write_variant(src, v, tmp_path / "variants"), tmp_path / "ds")
     assert report["targets"] == {"valid": 10, "test": 12}
     assert report["people"] == report["linked_people"] == 11
+
+
+def test_no_text_blanks_the_last_platforms_catalog_text_and_nothing_else(raw, tmp_path):
+    src = mv.read_source(MAPPING, raw)
+    v = mv.no_text(src)
+    assert v.events is None and v.evals is None and v.links is None and list(v.catalogs) == ["kitchen"]
+    (cat,) = v.catalogs["kitchen"]
+    assert [r["sku"] for r in cat.rows] == [r["sku"] for r in src.catalog_files["kitchen"][0].rows]
+    assert {r["name"] for r in cat.rows} == {""}
+
+    mapping = mv.write_variant(src, v, tmp_path / "variants")
+    cfg = load_sources(mapping)
+    # The changed catalog is the variant's own; grocery's is read from the source.
+    kitchen = cfg.resolve(cfg.platforms["kitchen"].catalog.file, "x")[0]
+    assert kitchen.resolve() == mapping.parent.resolve() / "kitchen/catalog.jsonl"
+    assert cfg.resolve(cfg.platforms["grocery"].catalog.file, "x")[0].resolve() == raw / "grocery/items.csv"
+    variant = build_dataset(load_sources(mapping), tmp_path / "ds", salt="s")
+    source = build_dataset(load_sources(MAPPING, data_root=raw), tmp_path / "src", salt="s")
+    assert variant.report["people"] == source.report["people"] and variant.report["targets"] == source.report["targets"]
+    items = pq.read_table(tmp_path / "ds/items.parquet").to_pylist()
+    assert {r["title"] for r in items if r["platform"] == "kitchen"} == {""}
+    assert all(r["title"].startswith("grocery thing") for r in items if r["platform"] == "grocery")
 
 
 def test_main_writes_every_variant_and_prints_one_line_each(raw, tmp_path, capsys):
