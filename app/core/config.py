@@ -155,6 +155,13 @@ class Settings(BaseSettings):
     recommend_batch_max: int = Field(default=64, ge=1)
     # Requests waiting beyond this many are refused (503, Retry-After): an overload is not queued forever.
     recommend_queue_max: int = Field(default=1024, ge=1)
+    # Two stages in two threads: profiles + user encoder, then candidates + scorer + JSON. One batch's ONNX,
+    # FAISS and Redis calls (GIL released) overlap the other's Python. False: one thread does both.
+    recommend_pipeline: bool = True
+    # After POST /v1/events, rank each person's list for the events' platform ahead of their next request
+    # (in the micro-batcher, with the uncached requests): the page view that follows an event is then a
+    # cache hit. It costs one uncached recommendation per (person, platform) of each events call.
+    refresh_after_events: bool = True
     # FAISS index files of a bundle are memory-mapped where FAISS can (flat vectors, IVF lists): pages are shared
     # between worker processes and loading does not copy them. False: read into memory.
     index_mmap: bool = True

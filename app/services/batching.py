@@ -9,6 +9,11 @@ One worker thread takes requests from a bounded queue:
   moment it could have started that first one, or until none has come for twice the usual gap. A request
   is never held longer than the window for company, and a lone request (slow traffic) is not held at all.
 A full queue refuses a request (`Overloaded`) instead of making every later one late.
+
+Two stages (`prepare` given): the worker runs `prepare(items)` and hands its result to a second thread that
+runs `process(prepared)` and answers, then takes the next batch at once. One batch's model calls (which
+release the GIL: ONNX Runtime, FAISS, Redis I/O) then overlap the other batch's Python, so a second core is
+used within one process. Results are the same: each batch still goes through both stages in order.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from app.services.errors import Overloaded
 
@@ -52,14 +57,24 @@ class BatchStats:
     max_hold_s: float = 0.0  # the longest a request waited for others to join its batch
 
 
+@dataclass
+class _Failed:
+    """`prepare` failed as a whole: every request of its batch gets the error."""
+
+    error: Exception
+
+
 class MicroBatcher(Generic[T, R]):
     """`process(items)` returns one result or exception per item, in order; `after_batch()` runs once the
-    batch's answers are out (work the answers do not wait for)."""
+    batch's answers are out (work the answers do not wait for). With `prepare`, the batch is
+    `process(prepare(items))`, the two calls in two threads (a two-stage pipeline)."""
 
-    def __init__(self, process: Callable[[list[T]], Sequence[R | BaseException]], *, window_s: float,
+    def __init__(self, process: Callable[[Any], Sequence[R | BaseException]], *, window_s: float,
                  max_batch: int, max_queue: int, after_batch: Callable[[], None] | None = None,
-                 observe: Callable[[int, list[float]], None] | None = None, name: str = "xrec-batcher") -> None:
+                 observe: Callable[[int, list[float]], None] | None = None, name: str = "xrec-batcher",
+                 prepare: Callable[[list[T]], Any] | None = None) -> None:
         self.process = process
+        self.prepare = prepare
         self.after_batch = after_batch
         self.observe = observe  # (batch size, each request's hold in seconds)
         self.window = max(float(window_s), 0.0)
@@ -73,6 +88,10 @@ class MicroBatcher(Generic[T, R]):
         self._gap = self._cap
         self._last = time.monotonic()
         self._thread: threading.Thread | None = None
+        self._finisher: threading.Thread | None = None
+        # prepared batches on their way to the second stage; one at most, so a slow second stage makes the
+        # first wait (and requests gather into larger batches) instead of piling up prepared work
+        self._handoff: queue.Queue[tuple[list[_Job[T]], Any] | None] = queue.Queue(1)
         self._lock = threading.Lock()
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
@@ -82,16 +101,22 @@ class MicroBatcher(Generic[T, R]):
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
                 self._thread.start()
+            if self.prepare is not None and (self._finisher is None or not self._finisher.is_alive()):
+                self._finisher = threading.Thread(target=self._finish_work, name=f"{self.name}-2", daemon=True)
+                self._finisher.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Finish the batch in progress, fail the requests still waiting."""
         with self._lock:
             thread, self._thread = self._thread, None
+            finisher, self._finisher = self._finisher, None
         if thread is None:
             return
         with contextlib.suppress(queue.Full):  # full: the worker is stuck; it is a daemon thread
             self._queue.put(None, timeout=timeout_s)
         thread.join(timeout_s)
+        if finisher is not None:  # the worker handed it a stop after its last batch
+            finisher.join(timeout_s)
         while True:
             try:
                 job = self._queue.get_nowait()
@@ -135,12 +160,21 @@ class MicroBatcher(Generic[T, R]):
         while True:
             first = self._queue.get()
             if first is None:
-                return
+                break
             batch, stop = self._collect(first, free_at)
             self._run(batch, free_at)
             free_at = time.monotonic()
             if stop:
+                break
+        if self.prepare is not None:
+            self._handoff.put(None)  # after the last prepared batch: the finisher answers it, then stops
+
+    def _finish_work(self) -> None:
+        while True:
+            handed = self._handoff.get()
+            if handed is None:
                 return
+            self._complete(*handed)
 
     @property
     def busy(self) -> bool:
@@ -176,12 +210,30 @@ class MicroBatcher(Generic[T, R]):
         s.max_hold_s = max(s.max_hold_s, *holds)
         if self.observe is not None:
             self.observe(len(live), holds)
+        items = [j.item for j in live]
+        if self.prepare is None:
+            self._complete(live, items)
+            return
+        prepared: Any = _Failed(RuntimeError("nothing to prepare"))
         if live:
             try:
-                results: Sequence[R | BaseException] = self.process([j.item for j in live])
-            except Exception as e:  # process answers per item; this is a bug in it, not in one request
+                prepared = self.prepare(items)
+            except Exception as e:  # as in `_complete`: a bug, not one request's fault
                 log.exception("%s: a batch failed as a whole", self.name)
-                results = [e] * len(live)
+                prepared = _Failed(e)
+        self._handoff.put((live, prepared))
+
+    def _complete(self, live: list[_Job[T]], prepared: Any) -> None:
+        """The second stage (or the only one): answers out, then `after_batch`."""
+        if live:
+            if isinstance(prepared, _Failed):
+                results: Sequence[R | BaseException] = [prepared.error] * len(live)
+            else:
+                try:
+                    results = self.process(prepared)
+                except Exception as e:  # process answers per item; this is a bug in it, not in one request
+                    log.exception("%s: a batch failed as a whole", self.name)
+                    results = [e] * len(live)
             _settle(live, results)
         if self.after_batch is not None:
             try:

@@ -10,11 +10,16 @@ per platform, one scorer call. `rank_items` and `batch_lines` block and run in t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import math
+import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +29,7 @@ from app.core.metrics import Metrics
 from app.services.batching import MicroBatcher
 from app.services.cache import LRU, Fragments, RankedCache, RankedEntry, RankedKey
 from app.services.catalog_ops import check_item_platform
-from app.services.errors import InputError
+from app.services.errors import InputError, Overloaded
 from app.services.model_bundle import LoadedBundle
 from app.services.profiles import Fetched, Profile, ProfileStore, merge_events
 from app.services.ranking import (
@@ -45,6 +50,8 @@ from contract.ids import account_key, unlinked_person_key
 from contract.kg import ItemEntities, other_platform_entities, shared_entity
 
 _NO_ROWS = np.zeros(0, dtype=np.int64)
+_REFRESH_K = 20  # results rendered ahead by `refresh`: the API's default k (app.schemas.RecommendRequest)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,19 @@ class _Work:
     answer: Answer | BaseException | None = None
 
 
+@dataclass
+class _Batch:
+    """Requests of one bundle between `begin_many` and `finish_many`."""
+
+    bundle: LoadedBundle
+    asks: list[Ask]
+    since: int  # the ranked cache's epoch when the batch began: a list computed from older data is not kept
+    catalog: Catalog
+    state: str = "miss"  # miss | degraded (Redis unavailable: profiles from the snapshot)
+    works: list[_Work] = field(default_factory=list)
+    failed: Exception | None = None  # a shared step failed: `finish_many` redoes the requests one by one
+
+
 class Recommender:
     def __init__(self, settings: Settings, profiles: ProfileStore, cache: RankedCache, guard: RedisGuard,
                  metrics: Metrics) -> None:
@@ -106,9 +126,16 @@ class Recommender:
         self.cap = settings.profile_max_events
         self.batch_chunk = settings.batch_chunk
         self.purchase_event = settings.purchase_event
+        self.refresh_reasons = settings.read_auth  # what a default read sees: all platforms' reasons with a key
+        # ranked lists `refresh` is computing: a request for one of them waits for it instead of computing it twice
+        self._refreshing: dict[RankedKey, Future] = {}
+        self._refreshing_lock = threading.Lock()
         self.embed_cache: LRU[tuple[str, int, str], np.ndarray] = LRU(settings.embed_cache_size)
+        # Two stages in two threads (settings.recommend_pipeline): one batch's model calls overlap the next's Python.
+        two = settings.recommend_pipeline
         self.batcher: MicroBatcher[tuple[LoadedBundle, Ask], Answer] = MicroBatcher(
-            self._compute_jobs, window_s=settings.recommend_batch_window_ms / 1000.0,
+            self._finish_jobs if two else lambda jobs: self._finish_jobs(self._begin_jobs(jobs)),
+            prepare=self._begin_jobs if two else None, window_s=settings.recommend_batch_window_ms / 1000.0,
             max_batch=settings.recommend_batch_max, max_queue=settings.recommend_queue_max,
             after_batch=profiles.flush_stores, observe=self._observe_batch, name="xrec-recommend-batcher")
 
@@ -186,8 +213,47 @@ class Recommender:
 
     async def compute_batched(self, bundle: LoadedBundle, ask: Ask) -> Answer:
         """`compute` in the micro-batcher's worker, together with the requests that arrive with it. Raises
-        Overloaded when too many requests already wait."""
+        Overloaded when too many requests already wait. A list `refresh` is already computing is awaited,
+        not computed again."""
+        if ask.cacheable:
+            pending = self._refreshing.get(self.key(bundle, ask))
+            if pending is not None:
+                with contextlib.suppress(Exception):  # failed: computed below, where the error is the request's
+                    await asyncio.wrap_future(pending)
+                answer = self.from_cache(bundle, ask)
+                if answer is not None:
+                    return answer
         return await self.batcher.run((bundle, ask))
+
+    def refresh(self, served: Served, pairs: Iterable[tuple[str, str]]) -> int:
+        """Rank (person, platform name) lists ahead of the person's next request, e.g. right after their
+        events: queued with the uncached requests, so the request that follows an event is answered from the
+        ranked cache (or waits for this computation). Nothing is refused for it: with the queue full the
+        request computes its list itself. Returns how many were queued."""
+        queued = 0
+        for person, platform in dict.fromkeys(pairs):
+            bundle = served.pick(person).bundle
+            target = bundle.platform_of.get(platform)
+            if target is None:
+                continue
+            ask = Ask(person, target, _REFRESH_K, all_reasons=self.refresh_reasons)
+            key = self.key(bundle, ask)
+            with self._refreshing_lock:
+                if key in self._refreshing:
+                    continue
+                try:
+                    future = self.batcher.submit((bundle, ask))
+                except Overloaded:
+                    log.debug("refresh skipped: the recommend queue is full")
+                    break
+                self._refreshing[key] = future
+            future.add_done_callback(lambda _, key=key: self._refresh_done(key))
+            queued += 1
+        return queued
+
+    def _refresh_done(self, key: RankedKey) -> None:
+        with self._refreshing_lock:
+            self._refreshing.pop(key, None)
 
     def compute(self, bundle: LoadedBundle, ask: Ask) -> Answer:
         """One request on its own (a batch of one); raises what failed it."""
@@ -197,17 +263,22 @@ class Recommender:
             raise answer
         return answer
 
-    def _compute_jobs(self, jobs: list[tuple[LoadedBundle, Ask]]) -> list[Answer | BaseException]:
-        """The batcher's work: requests of the same bundle together (a reload may be under way)."""
-        out: list[Answer | BaseException | None] = [None] * len(jobs)
+    def _begin_jobs(self, jobs: list[tuple[LoadedBundle, Ask]]) -> tuple[int, list[tuple[list[int], _Batch]]]:
+        """The batcher's first stage: `begin_many` per bundle (a reload may be under way)."""
         by_bundle: dict[int, list[int]] = {}
         for i, (bundle, _) in enumerate(jobs):
             by_bundle.setdefault(id(bundle), []).append(i)
-        for idx in by_bundle.values():
-            answers = self.compute_many(jobs[idx[0]][0], [jobs[i][1] for i in idx])
-            for i, answer in zip(idx, answers, strict=True):
+        return len(jobs), [(idx, self.begin_many(jobs[idx[0]][0], [jobs[i][1] for i in idx]))
+                           for idx in by_bundle.values()]
+
+    def _finish_jobs(self, begun: tuple[int, list[tuple[list[int], _Batch]]]) -> list[Answer | BaseException]:
+        """The batcher's second stage: `finish_many` of what `_begin_jobs` began, answers in request order."""
+        n, groups = begun
+        out: list[Answer | BaseException | None] = [None] * n
+        for idx, batch in groups:
+            for i, answer in zip(idx, self.finish_many(batch), strict=True):
                 out[i] = answer
-        return [a for a in out if a is not None]
+        return [a if a is not None else RuntimeError("not answered") for a in out]
 
     def _observe_batch(self, size: int, holds: list[float]) -> None:
         self.metrics.recommend_batch.observe(size)
@@ -222,22 +293,39 @@ class Recommender:
         search per platform and one scorer call. A shared step that fails is redone request by request, so a
         failure fails only the request it comes from. Profiles built from Redis events are written back at
         the next `profiles.flush_stores()` (the batcher's, after the answers are out).
-        """
-        try:
-            return self._compute_together(bundle, asks)
-        except Exception as e:
-            if len(asks) == 1:
-                return [e]
-            return [self.compute_many(bundle, [ask])[0] for ask in asks]
 
-    def _compute_together(self, bundle: LoadedBundle, asks: Sequence[Ask]) -> list[Answer | BaseException]:
-        since = self.cache.epoch()
-        catalog = bundle.catalog  # read once: one consistent table + index for the whole batch
-        fetched = self.profiles.fetch(bundle, [a.person for a in asks])
-        state = "degraded" if fetched.degraded else "miss"
-        works = [self._prepare(bundle, catalog, ask, profile, since, state)
-                 for ask, profile in zip(asks, fetched.profiles, strict=True)]
-        self._user_vectors(bundle, catalog, fetched, [w for w in works if w.answer is None])
+        In two steps, which the micro-batcher runs in two threads: `begin_many` (profiles, histories, user
+        vectors) and `finish_many` (candidates, scorer, fragments).
+        """
+        return self.finish_many(self.begin_many(bundle, asks))
+
+    def begin_many(self, bundle: LoadedBundle, asks: Sequence[Ask]) -> _Batch:
+        """Profiles (one Redis round trip at most), histories, the popular answers, one user-encoder call."""
+        batch = _Batch(bundle, list(asks), self.cache.epoch(), bundle.catalog)  # one table for the whole batch
+        try:
+            fetched = self.profiles.fetch(bundle, [a.person for a in asks])
+            batch.state = "degraded" if fetched.degraded else "miss"
+            batch.works = [self._prepare(bundle, batch.catalog, ask, profile, batch.since, batch.state)
+                           for ask, profile in zip(asks, fetched.profiles, strict=True)]
+            self._user_vectors(bundle, batch.catalog, fetched, [w for w in batch.works if w.answer is None])
+        except Exception as e:
+            batch.failed = e
+        return batch
+
+    def finish_many(self, batch: _Batch) -> list[Answer | BaseException]:
+        """Rank what `begin_many` prepared (one FAISS search per platform, one scorer call) and answer."""
+        error = batch.failed
+        if error is None:
+            try:
+                return self._finish_batch(batch)
+            except Exception as e:
+                error = e
+        if len(batch.asks) == 1:
+            return [error]
+        return [self.compute_many(batch.bundle, [ask])[0] for ask in batch.asks]
+
+    def _finish_batch(self, batch: _Batch) -> list[Answer | BaseException]:
+        bundle, catalog, works = batch.bundle, batch.catalog, batch.works
         for _ in range(2):  # a request whose exclusions are among its cached candidates ranks once more
             todo = [w for w in works if w.answer is None]
             if not todo:
@@ -245,11 +333,11 @@ class Recommender:
             self._rank(bundle, catalog, todo)
             for w in todo:
                 try:
-                    w.answer = self._finish(bundle, catalog, w, since, state)
+                    w.answer = self._finish(bundle, catalog, w, batch.since, batch.state)
                 except Exception as e:
                     w.answer = e
         answers = [w.answer for w in works]
-        self.metrics.ranked_cache.inc(sum(isinstance(a, Answer) for a in answers), result=state)
+        self.metrics.ranked_cache.inc(sum(isinstance(a, Answer) for a in answers), result=batch.state)
         return [a if a is not None else RuntimeError("not answered") for a in answers]
 
     def _prepare(self, bundle: LoadedBundle, catalog: Catalog, ask: Ask, profile: Profile, since: int,

@@ -174,6 +174,10 @@ class ServiceState:
         if not outcome.degraded:
             self._advance(path.name, start, end)
         self._invalidate(bundle, outcome.persons)
+        served = self.served
+        if self.settings.refresh_after_events and served is not None and outcome.persons:
+            changed = set(outcome.persons)
+            self.recommender.refresh(served, [(e.person, e.platform) for e in events if e.person in changed])
         self.metrics.events.inc(outcome.accepted, result="accepted")
         self.metrics.events.inc(outcome.duplicates, result="duplicate")
         unknown = sum(1 for e in events if e.item_id not in bundle.catalog.row_of)

@@ -96,7 +96,15 @@ def post_event(client: TestClient, event_id: str, name: str, item: str, ts: int 
 # ---- 1. Redis round trips ----------------------------------------------------------------------------------
 
 
-def test_no_redis_for_a_person_without_events_one_round_trip_after_an_event(client: TestClient) -> None:
+@pytest.fixture
+def uncached_client(settings: Settings) -> Iterator[TestClient]:
+    """A service that does not rank ahead after events: the request after an event takes the uncached path."""
+    with running(settings.model_copy(update={"refresh_after_events": False})) as c:
+        yield c
+
+
+def test_no_redis_for_a_person_without_events_one_round_trip_after_an_event(uncached_client: TestClient) -> None:
+    client = uncached_client
     state = ready(client)
     with round_trips(state) as sent:
         first = recommend(client, person_id=person_id("alice"))
@@ -119,8 +127,56 @@ def test_no_redis_for_a_person_without_events_one_round_trip_after_an_event(clie
     assert sent == []
 
 
+def test_after_an_event_the_next_list_is_ranked_ahead_and_equals_a_fresh_one(settings: Settings) -> None:
+    """refresh_after_events (the default): the events call queues the person's list for the events' platform;
+    the request that follows is a cache hit (or waits for that computation, never computing it twice), and
+    its answer is the one an uncached computation gives."""
+    with running(settings) as client:
+        state = ready(client)
+        rec = state.recommender
+        rec.batcher.reset_stats()
+        post_event(client, "ra-1", "bob", "kitchen:k0004")
+        assert wait_for(lambda: not rec._refreshing and rec.batcher.stats.requests == 1)
+        ahead = recommend(client, person_id=person_id("bob"))
+        assert ahead["cache"] == "hit"
+        assert "kitchen:k0004" not in {i["item_id"] for i in ahead["items"]}, "the event counts"
+        assert rec.batcher.stats.requests == 1, "answered from the list ranked ahead"
+
+        # A request that arrives while the refresh is still being computed waits for it.
+        gate = threading.Event()
+        real = rec.batcher.process
+
+        def held(begun):
+            gate.wait(5)
+            return real(begun)
+
+        rec.batcher.process = held
+        try:
+            post_event(client, "ra-2", "bob", "kitchen:k0005", ts=TS + 1)
+            assert wait_for(lambda: rec._refreshing)
+            threading.Timer(0.3, gate.set).start()
+            waited = recommend(client, person_id=person_id("bob"))
+        finally:
+            gate.set()
+            rec.batcher.process = real
+        assert waited["cache"] == "hit" and rec.batcher.stats.requests == 2
+        state.ranked.clear()
+        fresh = recommend(client, person_id=person_id("bob"))
+        assert fresh["cache"] == "miss"
+        strip = lambda body: [(i["item_id"], i["score"], i["reasons"]) for i in body["items"]]  # noqa: E731
+        assert strip(waited) == strip(fresh)
+
+    # Off: the next request computes its list itself.
+    with running(settings.model_copy(update={"refresh_after_events": False,
+                                             "redis_prefix": settings.redis_prefix + "-off"})) as client:
+        state = ready(client)
+        post_event(client, "ra-3", "bob", "kitchen:k0004")
+        assert recommend(client, person_id=person_id("bob"))["cache"] == "miss"
+
+
 def test_a_profile_rebuilt_from_events_costs_one_round_trip_then_is_written_back(
-        client: TestClient, settings: Settings, redis_client: redis.Redis) -> None:
+        uncached_client: TestClient, settings: Settings, redis_client: redis.Redis) -> None:
+    client = uncached_client
     state = ready(client)
     post_event(client, "rt-2", "dave", "kitchen:k0007")
     key = f"{settings.redis_prefix}:tiny-0:profile:{person_id('dave')}"
@@ -410,6 +466,54 @@ def test_a_full_queue_refuses_at_once() -> None:
         gate.set()
         b.stop()
 
+
+
+def test_two_stages_overlap_and_keep_each_batchs_answers() -> None:
+    """With `prepare`, the next batch is prepared while the last one is still in `process` (that overlap is
+    what uses the second core), every request still gets its own answer, a whole-batch failure in `prepare`
+    fails only that batch, and `stop` answers the batch that was between the stages."""
+    in_process = threading.Event()
+    release = threading.Event()
+    prepared: list[list[int]] = []
+
+    def prepare(items: list[int]) -> list[int]:
+        if 13 in items:
+            raise KeyError("bad batch")
+        prepared.append(list(items))
+        return [i * 10 for i in items]
+
+    def process(tens: list[int]) -> list[int | BaseException]:
+        if 10 in tens:  # the first batch: hold the second stage
+            in_process.set()
+            release.wait(5)
+        return [ValueError("seven") if t == 70 else t + 1 for t in tens]
+
+    b: MicroBatcher[int, int | BaseException] = MicroBatcher(process, prepare=prepare, window_s=0, max_batch=8,
+                                                             max_queue=100)
+    b.start()
+    try:
+        first = b.submit(1)
+        assert in_process.wait(5)
+        later = [b.submit(i) for i in (2, 3, 7)]
+        # prepared while batch [1] is still in its second stage
+        assert wait_for(lambda: any(2 in p for p in prepared))
+        assert not first.done() and not any(f.done() for f in later)
+        release.set()
+        assert first.result(5) == 11
+        assert [f.result(5) if not f.exception(5) else f.exception(5) for f in later[:2]] == [21, 31]
+        assert isinstance(later[2].exception(5), ValueError)
+        bad, good = b.submit(13), None
+        assert isinstance(bad.exception(5), KeyError)
+        good = b.submit(4)
+        assert good.result(5) == 41
+        release.clear()
+        in_process.clear()
+        held = b.submit(1)  # in the second stage when stop() is called: answered, not lost
+        assert in_process.wait(5)
+        threading.Timer(0.2, release.set).start()
+    finally:
+        b.stop()
+    assert held.result(0) == 11
 
 
 def test_awaited_requests_get_their_own_answers_and_a_cancelled_one_is_skipped() -> None:
