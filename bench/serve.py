@@ -116,6 +116,24 @@ def batch_counts(url: str) -> tuple[float, float]:
     return count, total
 
 
+EVENT_CHUNK = 200  # --settle: events posted per step (about 40 persons of the mixed plan)
+
+
+def settle(url: str, quiet_s: float = 0.5, max_s: float = 120.0) -> float:
+    """Wait until the server has computed no uncached list for `quiet_s` (the lists it ranks ahead after
+    events are done); returns the seconds waited."""
+    start = time.perf_counter()
+    last, since = batch_counts(url)[1], time.perf_counter()
+    while time.perf_counter() - start < max_s:
+        time.sleep(0.05)
+        now = batch_counts(url)[1]
+        if now != last:
+            last, since = now, time.perf_counter()
+        elif time.perf_counter() - since >= quiet_s:
+            break
+    return time.perf_counter() - start - quiet_s
+
+
 def mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float:
     batches = after[0] - before[0]
     return (after[1] - before[1]) / batches if batches else float("nan")
@@ -171,6 +189,11 @@ def main() -> None:
     ap.add_argument("--server-pythonpath", default=None,
                     help="experiment: prepend this to the server's PYTHONPATH (e.g. a folder with httptools and "
                          "uvloop, which uvicorn then picks up); figures are labelled with it")
+    ap.add_argument("--settle", action=argparse.BooleanOptionalAction, default=True,
+                    help="mixed runs: after posting the events, wait until the lists the server ranks ahead "
+                         "after events (XREC_REFRESH_AFTER_EVENTS) are done, as the time between a page's event "
+                         "and the next page view allows; that work is reported apart (--no-settle: the "
+                         "requests start at once and meet it in the queue)")
     ap.add_argument("--hold-while", type=Path, default=None,
                     help="after the server is ready, wait (at most --hold-max s) while this file exists: lets "
                          "bench/run_all.sh build other indexes during this server's load, not during its runs")
@@ -300,13 +323,31 @@ def main() -> None:
                 if time.perf_counter() - warmed_at > 240:  # the ranked cache keeps lists 300 s: warm them again
                     run_load(args.client, server.url, warm_set, 16, 300, len(warm_set) + 16, True, tmp)
                     warmed_at = time.perf_counter()
-                sent = post_events(server.url, plan["events"])
                 cpu0, batches0 = proc_cpu_s(server.proc.pid), batch_counts(server.url)
+                started = time.perf_counter()
+                sent: dict[str, int] = {}
+                # --settle: the events of a few persons at a time, each chunk's lists done before the next,
+                # as events spread over time arrive; else all at once, then the requests.
+                chunk = EVENT_CHUNK if args.settle else max(len(plan["events"]), 1)
+                for i in range(0, len(plan["events"]), chunk):
+                    for key, n in post_events(server.url, plan["events"][i:i + chunk]).items():
+                        sent[key] = sent.get(key, 0) + n
+                    if args.settle:
+                        settle(server.url, quiet_s=0.05)
+                batches1 = batch_counts(server.url)
+                accepted = max(sent.get("accepted", 0), 1)
+                ingest = {"events_posted": sent, "ingest_s": time.perf_counter() - started,
+                          "lists_ranked_ahead": batches1[1] - batches0[1],
+                          "server_cpu_us_per_event": (proc_cpu_s(server.proc.pid) - cpu0) / accepted * 1e6}
+                print(f"  events: {accepted:,} accepted, {ingest['lists_ranked_ahead']:,.0f} lists ranked ahead, "
+                      f"{ingest['ingest_s']:.1f} s; server CPU "
+                      f"{ingest['server_cpu_us_per_event']:,.0f} µs per event (ingest + what it ranked ahead)")
+                cpu0, batches0 = proc_cpu_s(server.proc.pid), batches1
                 r = run_load(args.client, server.url, plan["bodies"], c, args.duration,
                              max(len(plan["bodies"]) - c, 1), False, tmp)
                 r["server_cpu_us_per_req"] = (proc_cpu_s(server.proc.pid) - cpu0) / max(r["requests"], 1) * 1e6
                 r["mean_batch"] = mean_batch(batches0, batch_counts(server.url))
-                r["events_posted"] = sent
+                r.update(ingest)
                 results["runs"].append({"mode": "mixed", "concurrency": c, **r})
                 print(line(r, "mixed", c) + f"  server CPU {r['server_cpu_us_per_req']:,.0f} µs/req, "
                       f"mean batch {r['mean_batch']:.1f}")

@@ -81,7 +81,8 @@ class MicroBatcher(Generic[T, R]):
         self.max_batch = max(int(max_batch), 1)
         self.name = name
         self.stats = BatchStats()
-        self._queue: queue.Queue[_Job[T] | None] = queue.Queue(max(int(max_queue), 1))
+        self.max_queue = max(int(max_queue), 1)
+        self._queue: queue.Queue[_Job[T] | None] = queue.Queue(self.max_queue)
         # Mean gap between arrivals (exponentially weighted; a gap counts at most 10 windows, so one idle
         # minute does not hide the burst after it). Starts "slow": nobody is held until traffic says so.
         self._cap = max(10 * self.window, 1e-3)
@@ -127,8 +128,11 @@ class MicroBatcher(Generic[T, R]):
 
     # ---- callers -------------------------------------------------------------------------------------------
 
-    def submit(self, item: T) -> Future:
-        """Queue one item; its future gets the result. Raises Overloaded when the queue is full."""
+    def submit(self, item: T, keep_free: int = 0) -> Future:
+        """Queue one item; its future gets the result. Raises Overloaded when the queue is full, or (for
+        work that may wait, `keep_free`) when fewer than that many places are left for the others."""
+        if keep_free and self._queue.qsize() >= self._queue.maxsize - keep_free:
+            raise Overloaded(f"fewer than {keep_free} places left in the queue")
         return self._put(item).future
 
     def _put(self, item: T, loop: asyncio.AbstractEventLoop | None = None) -> _Job[T]:

@@ -228,8 +228,8 @@ class Recommender:
     def refresh(self, served: Served, pairs: Iterable[tuple[str, str]]) -> int:
         """Rank (person, platform name) lists ahead of the person's next request, e.g. right after their
         events: queued with the uncached requests, so the request that follows an event is answered from the
-        ranked cache (or waits for this computation). Nothing is refused for it: with the queue full the
-        request computes its list itself. Returns how many were queued."""
+        ranked cache (or waits for this computation). It never takes a request's place: beyond half the queue
+        it is skipped, and the request computes its list itself. Returns how many were queued."""
         queued = 0
         for person, platform in dict.fromkeys(pairs):
             bundle = served.pick(person).bundle
@@ -242,9 +242,9 @@ class Recommender:
                 if key in self._refreshing:
                     continue
                 try:
-                    future = self.batcher.submit((bundle, ask))
+                    future = self.batcher.submit((bundle, ask), keep_free=self.batcher.max_queue // 2)
                 except Overloaded:
-                    log.debug("refresh skipped: the recommend queue is full")
+                    log.debug("refresh skipped: the recommend queue is half full")
                     break
                 self._refreshing[key] = future
             future.add_done_callback(lambda _, key=key: self._refresh_done(key))

@@ -468,6 +468,33 @@ def test_a_full_queue_refuses_at_once() -> None:
 
 
 
+def test_work_that_may_wait_leaves_room_for_requests() -> None:
+    """`keep_free` (how `refresh` queues lists ranked ahead after events): refused once only that many
+    places are left, which requests can still take."""
+    gate = threading.Event()
+
+    def process(items: list[int]) -> list[int]:
+        gate.wait(5)
+        return items
+
+    b: MicroBatcher[int, int] = MicroBatcher(process, window_s=0, max_batch=1, max_queue=4)
+    b.start()
+    try:
+        held = b.submit(0)
+        assert wait_for(lambda: b._queue.empty())  # the worker holds it
+        ahead = [b.submit(i, keep_free=2) for i in (1, 2)]
+        with pytest.raises(Overloaded):
+            b.submit(3, keep_free=2)
+        asked = [b.submit(i) for i in (4, 5)]
+        with pytest.raises(Overloaded):
+            b.submit(6)
+        gate.set()
+        assert [f.result(5) for f in (held, *ahead, *asked)] == [0, 1, 2, 4, 5]
+    finally:
+        gate.set()
+        b.stop()
+
+
 def test_two_stages_overlap_and_keep_each_batchs_answers() -> None:
     """With `prepare`, the next batch is prepared while the last one is still in `process` (that overlap is
     what uses the second core), every request still gets its own answer, a whole-batch failure in `prepare`
