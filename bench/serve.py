@@ -119,9 +119,9 @@ def batch_counts(url: str) -> tuple[float, float]:
 EVENT_CHUNK = 200  # --settle: events posted per step (about 40 persons of the mixed plan)
 
 
-def settle(url: str, quiet_s: float = 0.5, max_s: float = 120.0) -> float:
+def settle(url: str, quiet_s: float, max_s: float = 120.0) -> None:
     """Wait until the server has computed no uncached list for `quiet_s` (the lists it ranks ahead after
-    events are done); returns the seconds waited."""
+    events are done), at most `max_s`."""
     start = time.perf_counter()
     last, since = batch_counts(url)[1], time.perf_counter()
     while time.perf_counter() - start < max_s:
@@ -130,8 +130,7 @@ def settle(url: str, quiet_s: float = 0.5, max_s: float = 120.0) -> float:
         if now != last:
             last, since = now, time.perf_counter()
         elif time.perf_counter() - since >= quiet_s:
-            break
-    return time.perf_counter() - start - quiet_s
+            return
 
 
 def mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float:

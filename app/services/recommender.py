@@ -225,12 +225,11 @@ class Recommender:
                     return answer
         return await self.batcher.run((bundle, ask))
 
-    def refresh(self, served: Served, pairs: Iterable[tuple[str, str]]) -> int:
+    def refresh(self, served: Served, pairs: Iterable[tuple[str, str]]) -> None:
         """Rank (person, platform name) lists ahead of the person's next request, e.g. right after their
         events: queued with the uncached requests, so the request that follows an event is answered from the
         ranked cache (or waits for this computation). It never takes a request's place: beyond half the queue
-        it is skipped, and the request computes its list itself. Returns how many were queued."""
-        queued = 0
+        it is skipped, and the request computes its list itself."""
         for person, platform in dict.fromkeys(pairs):
             bundle = served.pick(person).bundle
             target = bundle.platform_of.get(platform)
@@ -248,8 +247,6 @@ class Recommender:
                     break
                 self._refreshing[key] = future
             future.add_done_callback(lambda _, key=key: self._refresh_done(key))
-            queued += 1
-        return queued
 
     def _refresh_done(self, key: RankedKey) -> None:
         with self._refreshing_lock:

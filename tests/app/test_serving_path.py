@@ -445,16 +445,26 @@ def test_a_request_is_never_held_longer_than_the_window() -> None:
     assert b.stats.max_hold_s == max(holds)
 
 
-def test_a_full_queue_refuses_at_once() -> None:
+@contextlib.contextmanager
+def gated_batcher(max_queue: int) -> Iterator[tuple[MicroBatcher[int, int], threading.Event]]:
+    """A batcher of one item per batch whose work waits for the gate, so the queue can be filled exactly."""
     gate = threading.Event()
 
     def process(items: list[int]) -> list[int]:
         gate.wait(5)
         return items
 
-    b: MicroBatcher[int, int] = MicroBatcher(process, window_s=0, max_batch=1, max_queue=1)
+    b: MicroBatcher[int, int] = MicroBatcher(process, window_s=0, max_batch=1, max_queue=max_queue)
     b.start()
     try:
+        yield b, gate
+    finally:
+        gate.set()
+        b.stop()
+
+
+def test_a_full_queue_refuses_at_once() -> None:
+    with gated_batcher(max_queue=1) as (b, gate):
         first = b.submit(1)
         assert wait_for(lambda: b._queue.empty())  # the worker holds it
         second = b.submit(2)  # waits in the queue
@@ -462,24 +472,12 @@ def test_a_full_queue_refuses_at_once() -> None:
             b.submit(3)
         gate.set()
         assert first.result(5) == 1 and second.result(5) == 2
-    finally:
-        gate.set()
-        b.stop()
-
 
 
 def test_work_that_may_wait_leaves_room_for_requests() -> None:
     """`keep_free` (how `refresh` queues lists ranked ahead after events): refused once only that many
     places are left, which requests can still take."""
-    gate = threading.Event()
-
-    def process(items: list[int]) -> list[int]:
-        gate.wait(5)
-        return items
-
-    b: MicroBatcher[int, int] = MicroBatcher(process, window_s=0, max_batch=1, max_queue=4)
-    b.start()
-    try:
+    with gated_batcher(max_queue=4) as (b, gate):
         held = b.submit(0)
         assert wait_for(lambda: b._queue.empty())  # the worker holds it
         ahead = [b.submit(i, keep_free=2) for i in (1, 2)]
@@ -490,9 +488,6 @@ def test_work_that_may_wait_leaves_room_for_requests() -> None:
             b.submit(6)
         gate.set()
         assert [f.result(5) for f in (held, *ahead, *asked)] == [0, 1, 2, 4, 5]
-    finally:
-        gate.set()
-        b.stop()
 
 
 def test_two_stages_overlap_and_keep_each_batchs_answers() -> None:
