@@ -16,7 +16,7 @@ items only, which is what /v1/recommend does):
 
 Per index: build time (and threads), memory per item (serialised size and the process RSS growth), single-
 query search latency with one thread (as the service searches), recall@100 against exact. HNSW uses the
-service's settings (M, efConstruction, efSearch from app.core.config); an efSearch / nprobe sweep shows the
+service's settings (M, efConstruction from app.core.config); an efSearch / nprobe sweep shows the
 trade-off around them.
 
 Filtered retrieval (`--filter-share 0.1`, instead of the above): the bundle grown to each of `--sizes` with random
@@ -30,7 +30,7 @@ adaptive over-fetch alone (`filter_exact_max` 0):
     .venv/bin/python bench/index.py --bundle B --filter-share 0.1 --sizes 100000 --queries 300
 
 The index files a bundle carries (`--bundle-indexes`, instead of the above): the bundle loaded by the service's
-loader (its memory-mapped exact/HNSW/IVF files, the service's efSearch, the manifest's IVF nprobe), real user
+loader (its memory-mapped exact/HNSW/IVF files, the manifest's HNSW efSearch and IVF nprobe), real user
 vectors as queries, each searched on its target platform through `Catalog.search` as /v1/recommend does, recall@k
 against exact search over that platform's items — e.g. on the 1M copy bench/serve.py --items 1000000 leaves under
 runs/bench/:
@@ -69,6 +69,7 @@ from app.services.ranking import History
 from app.services.retrieval import IndexParams, PlatformIndex
 from app.services.rules import Condition, Rules, allowed_mask
 from contract.features import user_encoder_feeds
+from contract.indexes import HNSW_EF_DEFAULT
 
 
 def load_real(bundle: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
@@ -183,7 +184,8 @@ def bench_size(label: str, vecs: np.ndarray, plat: np.ndarray, n_platforms: int,
                 "lat_restricted": latency(restricted, nq), "lat_unrestricted": latency(unrestricted, nq)}
         print(_line(row))
         return row
-    base = IndexParams(s.hnsw_threshold, s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search)
+    # The sweep sets efSearch itself; "default" marks the one a bundle from before export-time efSearch searched.
+    base = IndexParams(s.hnsw_threshold, s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search or HNSW_EF_DEFAULT)
     rows_of = [np.flatnonzero(plat == p) for p in range(n_platforms)]
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
@@ -382,8 +384,11 @@ def bundle_index_recall(bundle: Path, n_queries: int, k: int, seed: int) -> list
         got = [catalog.search(p, q[j:j + 1], k, none)[0] for j in sel]
         lat = latency(lambda j, p=p, sel=sel: catalog.search(p, q[sel[j % len(sel)]:sel[j % len(sel)] + 1], k, none),
                       min(len(sel), 200))
-        out.append({"platform": p, "items": index.size, "index": index.kind, "k": k, "queries": int(len(sel)),
-                    "recall": recall(got, truth), "lat": lat, "load_s": loaded})
+        setting = {"hnsw": f"efSearch {index.params.hnsw_ef_search}",
+                   "ivf": f"nprobe {faiss.extract_index_ivf(index.index).nprobe}" if index.kind == "ivf" else ""
+                   }.get(index.kind, "exact")
+        out.append({"platform": p, "items": index.size, "index": index.kind, "setting": setting, "k": k,
+                    "queries": int(len(sel)), "recall": recall(got, truth), "lat": lat, "load_s": loaded})
     return out
 
 
@@ -406,7 +411,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000, help="persons (user vectors) for recall")
     ap.add_argument("--latency-queries", type=int, default=500, help="of those, timed one by one")
     ap.add_argument("--k", type=int, default=100)
-    ap.add_argument("--ef-search", default="64,128,256,512", help="HNSW efSearch sweep (service: 256)")
+    ap.add_argument("--ef-search", default="64,128,256,512", help="HNSW efSearch sweep (export chooses the service's)")
     ap.add_argument("--nprobe", default="8,32,128", help="IVF nprobe sweep (the middle one is 'default')")
     ap.add_argument("--ivf-factor", type=float, default=4.0, help="nlist = factor * sqrt(items per index)")
     ap.add_argument("--build-threads", type=int, default=1,
@@ -425,7 +430,8 @@ def main() -> None:
     if args.bundle_indexes:
         rows = bundle_index_recall(args.bundle.resolve(), args.queries, args.k, args.seed)
         for r in rows:
-            print(f"platform {r['platform']}: {r['items']:,} items, {r['index']} index from the bundle, "
+            print(f"platform {r['platform']}: {r['items']:,} items, {r['index']} index from the bundle "
+                  f"({r['setting']}), "
                   f"recall@{r['k']} {r['recall']:.4f} over {r['queries']} real queries (restricted to the "
                   f"platform), p50 {r['lat']['p50_us'] / 1e3:.2f} ms one query at a time")
         out = args.json or RUNS / "index-bundle.json"

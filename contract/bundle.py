@@ -62,6 +62,14 @@ class IndexFile(BaseModel):
     hnsw_threshold: int = Field(description="the size above which export chose HNSW (catalog changes keep to it)")
     hnsw_m: int
     hnsw_ef_construction: int
+    # HNSW's efSearch chosen at export (optional: a bundle from before has none; the service then searches 256)
+    hnsw_ef_search: int | None = Field(default=None, description="kind hnsw: the efSearch chosen at export (the "
+                                                                  "service's unless XREC_HNSW_EF_SEARCH is set)")
+    hnsw_target_recall: float | None = Field(default=None, description="kind hnsw: the recall@100 efSearch was "
+                                                                       "chosen for")
+    hnsw_recall: float | None = Field(default=None, description="kind hnsw: recall@100 against exact at "
+                                                                "hnsw_ef_search, measured at export on a sample of "
+                                                                "its own items (None: efSearch was set, not chosen)")
     # IVF (optional: a bundle from before IVF has none of these, and its indexes are never IVF)
     ivf_threshold: int | None = Field(default=None, description="the size above which export chose IVF "
                                                                 "(catalog changes keep to it); None: never")

@@ -146,7 +146,7 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
         started = time.perf_counter()
         indexes = write_indexes(tmp, list(ds.platforms), np.asarray(ds.item_platform), vecs.astype(np.float32),
                                 index_params or IndexParams())
-        log(f"indexes: {', '.join(f'{p} {e.kind} ({e.items:,} items{_ivf_note(e)})' for p, e in indexes.items())}"
+        log(f"indexes: {', '.join(f'{p} {e.kind} ({e.items:,} items{_index_note(e)})' for p, e in indexes.items())}"
             f" in {time.perf_counter() - started:.1f}s")
 
         evaluation = {"train": ckpt.get("log", {}).get("two_tower", {}).get("best_valid_ndcg@10"),
@@ -173,9 +173,13 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
     return out
 
 
-def _ivf_note(e: IndexFile) -> str:
-    return (f", {e.ivf_nlist} lists, nprobe {e.ivf_nprobe}: recall@100 {e.ivf_recall:.3f}" if e.kind == "ivf"
-            and e.ivf_recall is not None else "")
+def _index_note(e: IndexFile) -> str:
+    """What export chose for an approximate index and the recall@100 it measured there."""
+    if e.kind == "ivf" and e.ivf_recall is not None:
+        return f", {e.ivf_nlist} lists, nprobe {e.ivf_nprobe}: recall@100 {e.ivf_recall:.3f}"
+    if e.kind == "hnsw" and e.hnsw_recall is not None:
+        return f", efSearch {e.hnsw_ef_search}: recall@100 {e.hnsw_recall:.3f}"
+    return ""
 
 
 def _floats(d: dict) -> dict[str, float]:

@@ -73,7 +73,10 @@ class Settings(BaseSettings):
     hnsw_threshold: int = 50_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 256
+    # HNSW's efSearch: 0 = the bundle's (chosen at export: the smallest reaching XREC_HNSW_TARGET_RECALL, recall@100
+    # against exact on its own items; 256 for a bundle from before); set, it overrides every HNSW index's.
+    hnsw_ef_search: int = 0
+    hnsw_target_recall: float = 0.97
     # Platforms with more items than this get an IVF index (IndexIVFFlat, ≈ 4·sqrt(n) lists), its nprobe chosen
     # at export: the fewest lists reaching XREC_IVF_TARGET_RECALL (recall@100 against exact) on its own items.
     ivf_threshold: int = 500_000
@@ -192,7 +195,7 @@ class Settings(BaseSettings):
         from contract.indexes import IndexParams
 
         return IndexParams(self.hnsw_threshold, self.hnsw_m, self.hnsw_ef_construction, self.hnsw_ef_search,
-                           self.faiss_threads, ivf_threshold=self.ivf_threshold,
+                           self.hnsw_target_recall, self.faiss_threads, ivf_threshold=self.ivf_threshold,
                            ivf_target_recall=self.ivf_target_recall, ivf_nprobe=self.ivf_nprobe)
 
 

@@ -37,7 +37,7 @@ from contract.bundle import (
     verify_files,
 )
 from contract.features import KnnTable
-from contract.indexes import NO_IVF, index_rows, read_index
+from contract.indexes import HNSW_EF_DEFAULT, NO_IVF, index_rows, read_index
 from contract.kg import ItemEntities
 
 log = logging.getLogger(__name__)
@@ -166,9 +166,11 @@ def _read_indexes(path: Path, manifest: Manifest, item_platform: np.ndarray, set
         if int(index.d) != manifest.dim or not np.array_equal(index_rows(index), rows):
             raise BundleError(f"{entry.file}: {index.ntotal} vectors of dimension {index.d}; items.parquet has "
                               f"{len(rows)} {name} items of dimension {manifest.dim}: re-export the bundle")
-        # The bundle's build choices stand (a manifest from before IVF: never IVF); the search-time ones are ours.
-        params = IndexParams(entry.hnsw_threshold, entry.hnsw_m, entry.hnsw_ef_construction, settings.hnsw_ef_search,
-                             settings.faiss_threads,
+        # The bundle's build choices stand (a manifest from before IVF: never IVF); so do its search-time ones
+        # (efSearch, nprobe) unless the service sets its own.
+        params = IndexParams(entry.hnsw_threshold, entry.hnsw_m, entry.hnsw_ef_construction,
+                             settings.hnsw_ef_search or entry.hnsw_ef_search or HNSW_EF_DEFAULT,
+                             entry.hnsw_target_recall or settings.hnsw_target_recall, settings.faiss_threads,
                              ivf_threshold=NO_IVF if entry.ivf_threshold is None else entry.ivf_threshold,
                              ivf_target_recall=entry.ivf_target_recall or settings.ivf_target_recall,
                              ivf_nprobe=settings.ivf_nprobe)

@@ -26,13 +26,21 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faiss
 import numpy as np
 
-from contract.indexes import IVF_RECALL_K, IndexParams, build_index, index_kind, owned_copy, set_nprobe
+from contract.indexes import (
+    HNSW_EF_DEFAULT,
+    IVF_RECALL_K,
+    IndexParams,
+    index_kind,
+    owned_copy,
+    set_nprobe,
+)
+from contract.indexes import build as build_index
 
 __all__ = ["AttributeColumn", "Catalog", "IndexParams", "PlatformIndex"]
 
@@ -66,10 +74,13 @@ class PlatformIndex:
 
     @classmethod
     def build(cls, dim: int, rows: np.ndarray, vecs: np.ndarray, params: IndexParams) -> PlatformIndex:
-        index, kind = build_index(dim, rows, vecs, params)
-        if kind == "ivf" and params.ivf_nprobe:
-            set_nprobe(index, params.ivf_nprobe)
-        return cls(index, kind, dim, frozenset(), params)
+        """A new index; HNSW keeps the efSearch its build chose (`params.hnsw_ef_search` 0) for its rebuilds."""
+        built = build_index(dim, rows, vecs, params)
+        if built.kind == "ivf" and params.ivf_nprobe:
+            set_nprobe(built.index, params.ivf_nprobe)
+        if built.kind == "hnsw":
+            params = replace(params, hnsw_ef_search=int(built.ef_search or HNSW_EF_DEFAULT))
+        return cls(built.index, built.kind, dim, frozenset(), params)
 
     @classmethod
     def from_file(cls, index: faiss.Index, kind: str, params: IndexParams, mapped: bool,

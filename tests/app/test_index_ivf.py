@@ -13,7 +13,7 @@ from app.core.config import Settings
 from app.services.model_bundle import _read_indexes
 from app.services.retrieval import Catalog, IndexParams, PlatformIndex
 from app.services.rules import Condition, Rules, allowed_mask
-from contract.indexes import NO_IVF, write_indexes
+from contract.indexes import HNSW_EF_DEFAULT, NO_IVF, write_indexes
 from tests.contract.test_indexes import DIM, SMALL, centers, clustered
 
 NONE = [np.zeros(0, dtype=np.int64)]
@@ -35,6 +35,10 @@ def nprobe(index: PlatformIndex) -> int:
     return int(faiss.extract_index_ivf(index.index).nprobe)
 
 
+def ef_search(index: PlatformIndex) -> int:
+    return int(faiss.downcast_index(index.index.index).hnsw.efSearch)
+
+
 def test_the_loader_searches_ivf_with_the_manifests_nprobe(tmp_path: Path) -> None:
     manifest, platform, _ = _bundle_indexes(tmp_path)
     entry = manifest.indexes["b"]
@@ -47,8 +51,18 @@ def test_the_loader_searches_ivf_with_the_manifests_nprobe(tmp_path: Path) -> No
     manifest.indexes["b"] = entry.model_copy(update={"ivf_nprobe": entry.ivf_nprobe + 3})
     assert nprobe(_read_indexes(tmp_path, manifest, platform, _settings())[1]) == entry.ivf_nprobe + 3
     # ... unless the service sets its own (XREC_IVF_NPROBE), as XREC_HNSW_EF_SEARCH does for HNSW
-    loaded = _read_indexes(tmp_path, manifest, platform, _settings(ivf_nprobe=5, index_mmap=False))
+    loaded = _read_indexes(tmp_path, manifest, platform, _settings(ivf_nprobe=5, hnsw_ef_search=32, index_mmap=False))
     assert nprobe(loaded[1]) == 5 and not loaded[1].mapped
+    # HNSW alike: the manifest's efSearch, unless XREC_HNSW_EF_SEARCH is set; 256 for an entry from before
+    hnsw_entry = manifest.indexes["a"]
+    assert hnsw_entry.hnsw_ef_search and ef_search(loaded[0]) == 32
+    assert ef_search(_read_indexes(tmp_path, manifest, platform, _settings())[0]) == hnsw_entry.hnsw_ef_search
+    manifest.indexes["a"] = hnsw_entry.model_copy(update={"hnsw_ef_search": hnsw_entry.hnsw_ef_search * 2})
+    again = _read_indexes(tmp_path, manifest, platform, _settings())[0]
+    assert ef_search(again) == again.params.hnsw_ef_search == hnsw_entry.hnsw_ef_search * 2
+    manifest.indexes["a"] = hnsw_entry.model_copy(update={"hnsw_ef_search": None})
+    assert ef_search(_read_indexes(tmp_path, manifest, platform, _settings())[0]) == HNSW_EF_DEFAULT
+    manifest.indexes["a"] = hnsw_entry
     # an entry from before IVF keeps its platform off IVF whatever it grows to
     manifest.indexes["a"] = manifest.indexes["a"].model_copy(update={"ivf_threshold": None})
     assert _read_indexes(tmp_path, manifest, platform, _settings())[0].params.ivf_threshold == NO_IVF

@@ -4,6 +4,7 @@ and reading the files back (memory-mapped)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
@@ -12,6 +13,8 @@ import pytest
 
 from contract.bundle import IndexFile
 from contract.indexes import (
+    HNSW_EF_MAX,
+    HNSW_EF_MIN,
     IVF_RECALL_K,
     IndexParams,
     build,
@@ -55,7 +58,8 @@ def test_index_kind_by_size_defaults_unchanged_below_the_ivf_threshold() -> None
     for n, kind, cls in ((60, "flat", faiss.IndexFlatIP), (600, "hnsw", faiss.IndexHNSWFlat)):
         rows = np.arange(n) + 3
         b = build(DIM, rows, clustered(n, centers(), 0), SMALL)
-        assert b.kind == kind and b.nlist is b.nprobe is b.recall is None
+        assert b.kind == kind and b.nlist is b.nprobe is None
+        assert (b.recall is None) == (kind == "flat") and (b.ef_search is None) == (kind == "flat")
         assert isinstance(b.index, faiss.IndexIDMap2) and isinstance(faiss.downcast_index(b.index.index), cls)
         assert np.array_equal(index_rows(b.index), rows)
 
@@ -83,6 +87,32 @@ def test_ivf_nprobe_is_the_smallest_reaching_the_target_recall_on_held_out_queri
     assert strict.nprobe is not None and strict.nprobe > b.nprobe
 
 
+def test_hnsw_ef_search_is_the_smallest_reaching_the_target_recall_on_held_out_queries() -> None:
+    """The efSearch chosen at build: from the ladder 128, 256, …, reaching the target on the sample of its own
+    items and on held-out queries from the same distribution; half of it misses; a preset one is kept."""
+    c = centers(k=256)
+    vecs, held_out = clustered(6000, c, 0), clustered(300, c, 50)
+    rows = np.arange(6000) * 3 + 1
+    params = IndexParams(hnsw_threshold=100, hnsw_m=4, hnsw_ef_construction=16, ivf_threshold=10**6,
+                         hnsw_target_recall=0.98)
+    b = build(DIM, rows, vecs, params)
+    hnsw = faiss.downcast_index(b.index.index)
+    assert b.kind == "hnsw" and isinstance(hnsw, faiss.IndexHNSWFlat)
+    assert b.ef_search is not None and b.ef_search > HNSW_EF_MIN, "this small graph needs more than the floor"
+    assert b.ef_search & (b.ef_search - 1) == 0 and b.ef_search <= HNSW_EF_MAX and hnsw.hnsw.efSearch == b.ef_search
+    assert b.recall is not None and b.recall >= 0.98
+    held = recall(b.index, rows, vecs, held_out)
+    print(f"\nHNSW M 4: efSearch {b.ef_search}, recall@100 sample {b.recall:.4f}, held-out {held:.4f}")
+    assert held >= 0.98 - 0.01
+    sample = vecs[np.random.default_rng(0).choice(6000, size=500, replace=False)]
+    half = recall(b.index, rows, vecs, sample, params=faiss.SearchParametersHNSW(efSearch=b.ef_search // 2))
+    assert half < 0.98
+    # set by the operator: used as it is, nothing measured
+    preset = build(DIM, rows, vecs, replace(params, hnsw_ef_search=200))
+    assert preset.ef_search == 200 == faiss.downcast_index(preset.index.index).hnsw.efSearch
+    assert preset.recall is None
+
+
 def test_write_indexes_records_kind_nlist_nprobe_and_reads_back_memory_mapped(tmp_path: Path) -> None:
     c = centers()
     sizes = {"a": 60, "b": 600, "c": 3000}  # flat, HNSW, IVF
@@ -93,6 +123,11 @@ def test_write_indexes_records_kind_nlist_nprobe_and_reads_back_memory_mapped(tm
     for name in ("a", "b"):
         e = entries[name]
         assert e.ivf_threshold == 1000 and e.ivf_nlist is e.ivf_nprobe is e.ivf_recall is None
+    assert entries["a"].hnsw_ef_search is entries["a"].hnsw_recall is entries["a"].hnsw_target_recall is None
+    hnsw = entries["b"]
+    assert hnsw.hnsw_ef_search and hnsw.hnsw_recall and hnsw.hnsw_recall >= 0.97 and hnsw.hnsw_target_recall == 0.97
+    assert faiss.downcast_index(read_index(tmp_path / hnsw.file).index).hnsw.efSearch == hnsw.hnsw_ef_search
+    assert entries["c"].hnsw_ef_search is entries["c"].hnsw_recall is None
     e = entries["c"]
     assert e.ivf_nlist == ivf_nlist(3000) and e.ivf_nprobe and e.ivf_recall and e.ivf_recall >= 0.97
     assert e.ivf_threshold == 1000 and e.ivf_target_recall == 0.97 and e.items == 3000
@@ -120,6 +155,7 @@ def test_an_older_manifest_entry_has_no_ivf() -> None:
            "hnsw_ef_construction": 200}
     e = IndexFile.model_validate(old)
     assert e.ivf_threshold is e.ivf_nlist is e.ivf_nprobe is e.ivf_recall is e.ivf_target_recall is None
+    assert e.hnsw_ef_search is e.hnsw_recall is e.hnsw_target_recall is None
 
 
 def test_a_file_faiss_cannot_map_is_read_into_memory_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
