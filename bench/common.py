@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from app.core.config import DEV_ID_SALT, Settings
 from contract.bundle import MANIFEST, salt_fingerprint, sha256_file
 from contract.indexes import INDEX_DIR, write_indexes
+from contract.kg import ItemEntities
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "runs" / "bench"
@@ -117,7 +118,9 @@ def grow_bundle(src: Path, dst: Path, n_items: int, extra_persons: int = 0, seed
     n_real = items.num_rows
     if n_items < n_real:
         raise SystemExit(f"--items {n_items:,} is below the real catalog's {n_real:,}")
-    replace = {"items.parquet", "knn.npz", INDEX_DIR} | ({"history.parquet"} if extra_persons else set())
+    # Every per-item table grows with the catalog (the service refuses a bundle whose tables disagree in rows).
+    per_item = [f for f in (manifest.get("kg"), manifest.get("als")) if f]
+    replace = {"items.parquet", "knn.npz", INDEX_DIR, *per_item} | ({"history.parquet"} if extra_persons else set())
     _link_bundle(src, dst, replace)
     n_syn = n_items - n_real
     real_platform = items.column("platform").to_pylist()
@@ -145,7 +148,16 @@ def grow_bundle(src: Path, dst: Path, n_items: int, extra_persons: int = 0, seed
     np.savez(dst / "knn.npz",
              index=np.concatenate([knn["index"], np.full((n_syn, k), -1, dtype=np.int32)]),
              weight=np.concatenate([knn["weight"], np.zeros((n_syn, k), dtype=np.float32)]))
-    changed = ["items.parquet", "knn.npz"]
+    changed = ["items.parquet", "knn.npz", *per_item]
+    if manifest.get("kg"):  # synthetic items have no entities
+        kg = ItemEntities.load(src / manifest["kg"])
+        ItemEntities(np.r_[kg.offsets, np.full(n_syn, kg.offsets[-1])], kg.entities, kg.names, kg.kinds
+                     ).save(dst / manifest["kg"])
+    if manifest.get("als"):  # nor ALS factors: zero rows, no ALS signal
+        with np.load(src / manifest["als"]) as z:
+            np.savez(dst / manifest["als"], items=np.concatenate(
+                [z["items"], np.zeros((n_syn, z["items"].shape[1]), dtype=z["items"].dtype)]),
+                alpha=z["alpha"], reg=z["reg"])
     if extra_persons:
         _grow_history(src, dst, extra_persons, n_real, items.column("item_id").to_pylist(), real_platform, rng)
         changed.append("history.parquet")

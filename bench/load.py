@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
@@ -88,9 +89,17 @@ class Server:
             if self.proc.poll() is not None:
                 raise SystemExit(f"server exited with {self.proc.returncode}; log: {self.log_path}\n"
                                  + self.log_path.read_text()[-3000:])
-            with contextlib.suppress(OSError), urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return time.perf_counter() - self.started
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return time.perf_counter() - self.started
+            except urllib.error.HTTPError as e:  # 503: still loading, or the bundle was refused (a detail)
+                why = json.loads(e.read() or b"{}").get("detail")
+                if why:
+                    self.stop()
+                    raise SystemExit(f"the server refused the bundle: {why}; log: {self.log_path}") from None
+            except OSError:
+                pass  # not listening yet
             time.sleep(0.25)
         self.stop()
         raise SystemExit(f"server not ready after {timeout_s:.0f}s; log: {self.log_path}")

@@ -111,7 +111,10 @@ class PlatformIndex:
                 tombstones -= back
                 keep = ~np.isin(add_rows, np.fromiter(back, dtype=np.int64, count=len(back)))
                 add_rows, add_vecs = add_rows[keep], add_vecs[keep]
-        crosses = index_kind(len(all_rows), self.params) != self.kind
+        # Rebuilt when its size calls for another kind; but HNSW above the IVF threshold stays HNSW (export chose it
+        # there for vectors IVF serves badly: `contract.indexes.IVF_MAX_SCAN`).
+        wanted = index_kind(len(all_rows), self.params)
+        crosses = wanted != self.kind and not (wanted == "ivf" and self.kind == "hnsw")
         if crosses or len(tombstones) * 4 > max(len(all_rows), 1):
             return PlatformIndex.build(self.dim, all_rows, all_vecs, self.params)
         index = owned_copy(self.index) if self.mapped else faiss.clone_index(self.index)

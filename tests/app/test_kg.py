@@ -84,3 +84,24 @@ def test_recommend_names_the_shared_brand_of_another_platforms_item(bundle_dir: 
             assert r.status_code == 200
             assert not any(x.get("entity") for i in r.json()["items"] for x in i["reasons"])
     assert json.loads((with_kg / "manifest.json").read_text())["kg"] == "kg.npz"
+
+
+def test_a_bundle_grown_for_benchmarks_keeps_its_kg_table_in_step(bundle_dir: Path, redis_prefix: str,
+                                                                   tmp_path: Path) -> None:
+    """bench/common.py grow_bundle (what `bench/serve.py --items N` serves) grows kg.npz with the catalog: the
+    service refused the 1M copy of a bundle with a knowledge graph ("kg.npz: 36298 rows, items.parquet has
+    1000000")."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from common import grow_bundle
+
+    kg = _brand_table(bundle_dir, _alice_newest_grocery_item(bundle_dir))
+    with_kg = _with_kg(bundle_dir, tmp_path / "kg", kg)
+    grown = grow_bundle(with_kg, tmp_path / "grown", 500, log=lambda _: None)
+    loaded = load_bundle(grown, make_settings(grown, redis_prefix, tmp_path / "ev"))
+    assert len(loaded.catalog.item_ids) == 500 and loaded.models.kg.n_items == 500
+    n = kg.n_items
+    assert np.array_equal(loaded.models.kg.offsets[:n + 1], kg.offsets)  # the real items' entities unchanged
+    assert np.array_equal(loaded.models.kg.entities, kg.entities)
+    assert (np.diff(loaded.models.kg.offsets[n:]) == 0).all()  # synthetic items have none

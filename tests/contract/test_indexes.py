@@ -11,6 +11,7 @@ import faiss
 import numpy as np
 import pytest
 
+from contract import indexes
 from contract.bundle import IndexFile
 from contract.indexes import (
     HNSW_EF_MAX,
@@ -111,6 +112,26 @@ def test_hnsw_ef_search_is_the_smallest_reaching_the_target_recall_on_held_out_q
     preset = build(DIM, rows, vecs, replace(params, hnsw_ef_search=200))
     assert preset.ef_search == 200 == faiss.downcast_index(preset.index.index).hnsw.efSearch
     assert preset.recall is None
+
+
+def test_vectors_without_clusters_get_hnsw_where_ivf_would_scan_most_lists(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uniform random unit vectors (what bench/serve.py --items grows a catalog with) have no cluster structure:
+    IVF reaches the target only by probing most lists, so the platform gets HNSW, its efSearch chosen. (The scan
+    limit is lowered to this test's size: 1,000 vectors a query, a quarter of the platform.)"""
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((4000, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    monkeypatch.setattr(indexes, "IVF_MAX_SCAN", 1000)
+    with caplog.at_level(logging.WARNING, logger="contract.indexes"):
+        b = build(DIM, np.arange(4000), vecs, SMALL)
+    assert b.kind == "hnsw" and b.nlist is b.nprobe is None and b.ef_search and b.recall
+    assert isinstance(faiss.downcast_index(b.index.index), faiss.IndexHNSWFlat)
+    assert "HNSW instead" in caplog.text
+    assert b.recall >= SMALL.hnsw_target_recall or b.ef_search == HNSW_EF_MAX
+    # clustered vectors of the same size keep IVF, scanning less than that
+    c = build(DIM, np.arange(4000), clustered(4000, centers(), 0), SMALL)
+    assert c.kind == "ivf" and c.nprobe is not None and c.nlist and c.nprobe * 4000 <= 1000 * c.nlist
 
 
 def test_write_indexes_records_kind_nlist_nprobe_and_reads_back_memory_mapped(tmp_path: Path) -> None:
