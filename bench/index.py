@@ -384,9 +384,8 @@ def bundle_index_recall(bundle: Path, n_queries: int, k: int, seed: int) -> list
         got = [catalog.search(p, q[j:j + 1], k, none)[0] for j in sel]
         lat = latency(lambda j, p=p, sel=sel: catalog.search(p, q[sel[j % len(sel)]:sel[j % len(sel)] + 1], k, none),
                       min(len(sel), 200))
-        setting = {"hnsw": f"efSearch {index.params.hnsw_ef_search}",
-                   "ivf": f"nprobe {faiss.extract_index_ivf(index.index).nprobe}" if index.kind == "ivf" else ""
-                   }.get(index.kind, "exact")
+        setting = (f"efSearch {index.params.hnsw_ef_search}" if index.kind == "hnsw" else
+                   f"nprobe {faiss.extract_index_ivf(index.index).nprobe}" if index.kind == "ivf" else "exact")
         out.append({"platform": p, "items": index.size, "index": index.kind, "setting": setting, "k": k,
                     "queries": int(len(sel)), "recall": recall(got, truth), "lat": lat, "load_s": loaded})
     return out

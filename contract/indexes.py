@@ -43,7 +43,7 @@ from contract.bundle import IndexFile
 INDEX_DIR = "indexes"
 # IVF's nprobe is chosen for recall at this depth (the service's retrieval depth); deeper searches probe more.
 IVF_RECALL_K = 100
-# efSearch below the depth searched buys nothing (FAISS explores max(efSearch, k)); above this, exact search wins.
+# efSearch below the depth searched buys nothing (FAISS explores max(efSearch, k)); the ladder stops at the max.
 HNSW_EF_MIN, HNSW_EF_MAX = 128, 4096
 # Search-time efSearch for a bundle from before it was chosen at export.
 HNSW_EF_DEFAULT = 256
