@@ -254,3 +254,33 @@ def test_a_model_with_the_als_feature_and_candidates_serves_them(tiny_bundle, tm
     assert old["als"] is not None
     m0 = read_manifest(tiny_bundle)
     assert m0.als is None and not m0.als_features and not (tiny_bundle / "als.npz").exists()
+
+
+def test_cutting_the_user_encoders_padding_keeps_every_vector_bit_identical(tiny_bundle):
+    import onnxruntime as ort
+
+    from app.services.ranking import PADDING_CUT_STEP, trim_padding
+    from contract.features import History, user_encoder_feeds
+
+    session = ort.InferenceSession(str(tiny_bundle / "user_encoder.onnx"), providers=["CPUExecutionProvider"])
+    vectors = np.stack(pq.read_table(tiny_bundle / "items.parquet").column("vector").to_numpy(zero_copy_only=False))
+    max_history = read_manifest(tiny_bundle).max_history
+    rng = np.random.default_rng(0)
+
+    def history(n: int) -> History:
+        return History.of(rng.integers(0, len(vectors), n), rng.integers(0, 2, n),
+                          np.sort(rng.integers(1_600_000_000, 1_700_000_000, n)))
+
+    cut_any = False
+    for lengths in ([0, 1, 3], [2, 9, 17], [1, max_history], [5, 80], [0], [11]):
+        feeds = user_encoder_feeds([history(n) for n in lengths], [n % 2 for n in lengths],
+                                   vectors.astype(np.float32), max_history)
+        trimmed = trim_padding(feeds)
+        slots = trimmed["hist_mask"].shape[1]
+        longest = min(max(lengths), max_history)
+        # The cut never reaches a real slot, leaves at least one, and is whole blocks of the step.
+        assert max(longest, 1) <= slots <= max_history and (max_history - slots) % PADDING_CUT_STEP == 0
+        assert slots - max(longest, 1) < PADDING_CUT_STEP
+        cut_any |= slots < max_history
+        np.testing.assert_array_equal(session.run(None, trimmed)[0], session.run(None, feeds)[0])
+    assert cut_any
