@@ -109,9 +109,10 @@ def trim_padding(feeds: dict[str, np.ndarray], step: int = PADDING_CUT_STEP) -> 
 
     Histories are right-aligned and padded to `max_history` (50), and most are far shorter: the encoder's time
     is roughly proportional to the slots it is given (on Food-Kitchen, about half goes away). A real slot
-    never attends to padding and its position counts from the newest slot, so the output is the same; cutting
-    whole blocks of `step` slots keeps each real slot in the same SIMD lane of ONNX Runtime's reductions, so it
-    is bit-identical too, so a request gets the vector it gets in any micro-batch (`tests/export/test_bundle.py`).
+    never attends to padding and its position counts from the newest slot, so the output is the same. Cutting
+    whole blocks of `step` slots keeps each real slot in the same SIMD lane of ONNX Runtime's reductions: the
+    vectors are bit-identical too (`tests/export/test_bundle.py`), and a request gets the vector it gets in any
+    micro-batch.
     """
     mask = feeds["hist_mask"]
     slots = mask.shape[1]
