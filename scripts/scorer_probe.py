@@ -22,6 +22,7 @@ trained scorer on 2 cores (Food-Kitchen), plus ~40 s to prepare the candidates.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -39,15 +40,14 @@ from training.model import Scorer
 from training.pipeline import Prepared, Ranker
 from training.report import model_rankers
 from training.sequences import Dataset
-from training.train import TrainConfig, holdout_last_events, scorer_queries
+from training.train import TrainConfig, holdout_last_events, scorer_examples, scorer_queries
 
 PROBES = ("epochs", "ensemble", "settings", "long", "candidates", "similarity", "gbdt")
-SPLITS = ("valid", "test", "test new-to-platform")
 SIMILARITY_HISTORY = 50  # history items the similarity features read (the user encoder's max_history)
 
 
 class Examples:
-    """The scorer's training tensors (as `training.train.scorer_examples`) and the evaluation splits' prepared
+    """The scorer's training tensors (`training.train.scorer_examples`) and the evaluation splits' prepared
     candidates, for one candidate setting; `more` adds feature columns to both (query, candidate rows → [n, f])."""
 
     def __init__(self, ds: Dataset, ranker: Ranker, train_q: list, splits: dict[str, list],
@@ -60,24 +60,8 @@ class Examples:
                 for q, p in zip(queries, prepared, strict=True)]
 
         self.prepared = {s: add(q, ranker.prepare(q)) for s, q in splits.items()}
-        users, items, extras, labels = [], [], [], []
-        for q, p in zip(train_q, add(train_q, ranker.prepare(train_q, keep_retrieval=False)), strict=True):
-            hit = np.flatnonzero(p.candidates.rows == q.target)
-            if len(hit):
-                users.append(p.user)
-                items.append(ranker.item_vecs[p.candidates.rows])
-                extras.append(p.candidates.extras)
-                labels.append(int(hit[0]))
-        c = max(len(v) for v in items)
-
-        def pad(a: np.ndarray) -> np.ndarray:
-            return np.pad(a, ((0, c - len(a)), (0, 0)))
-
-        self.u = torch.from_numpy(np.stack(users))
-        self.v = torch.from_numpy(np.stack([pad(v) for v in items]))
-        self.x = torch.from_numpy(np.stack([pad(x) for x in extras]))
-        self.real = torch.from_numpy(np.stack([np.arange(c) < len(v) for v in items]))
-        self.y = torch.tensor(labels)
+        self.u, self.v, self.x, self.real, self.y = scorer_examples(
+            ranker, train_q, add(train_q, ranker.prepare(train_q, keep_retrieval=False)))
 
 
 class Ensemble(torch.nn.Module):
@@ -244,16 +228,12 @@ def gbdt(ex: Examples, neural: tuple[Scorer, list[dict]], evaluate: Callable) ->
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    out_path = None
-    if "--json" in args:
-        i = args.index("--json")
-        out_path = Path(args[i + 1])
-        del args[i:i + 2]
-    if not args:
-        sys.exit(__doc__)
-    chosen = args[1:] or [p for p in PROBES if p != "gbdt"]
-    unknown = [p for p in chosen if p not in PROBES]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("probes", nargs="*", metavar="PROBE", help=f"{', '.join(PROBES)} (default: all but gbdt)")
+    ap.add_argument("--json", type=Path, help="also write every figure here")
+    args = ap.parse_args()
+    unknown = [p for p in args.probes if p not in PROBES]
     if unknown:
-        sys.exit(f"unknown probe {unknown[0]!r}; choose from {', '.join(PROBES)}")
-    main(Path(args[0]), chosen, out_path)
+        ap.error(f"unknown probe {unknown[0]!r}; choose from {', '.join(PROBES)}")
+    main(args.checkpoint, args.probes or [p for p in PROBES if p != "gbdt"], args.json)

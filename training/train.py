@@ -41,7 +41,7 @@ from training.finetune import TextTower
 from training.kg.table import item_entities
 from training.model import SCORER_STARTS, ModelConfig, Scorer, TwoTower, feature_names
 from training.neighbours import Neighbours, choose_neighbours
-from training.pipeline import Ranker, item_vectors
+from training.pipeline import Prepared, Ranker, item_vectors
 from training.sequences import Dataset, Timelines, load_dataset
 from training.text_vectors import text_dim
 from training.windows import Windows, batches, chunk_by_tokens, make_windows
@@ -374,11 +374,15 @@ TwoTowerFit = Callable[[TrainState, Windows, list[Query], Console, Callable[[int
                        dict[str, object]]
 
 
-def scorer_examples(ranker: Ranker, queries: list[Query]) -> tuple[torch.Tensor, ...]:
+def scorer_examples(ranker: Ranker, queries: list[Query], prepared: list[Prepared] | None = None
+                    ) -> tuple[torch.Tensor, ...]:
     """(user, item, extras, is_real, label) for queries whose target is among the candidates. Candidate
-    lists differ in length (item-KNN adds a varying number): padded to the longest, `is_real` marks them."""
+    lists differ in length (item-KNN adds a varying number): padded to the longest, `is_real` marks them.
+    `prepared`: the queries' `ranker.prepare` when the caller has it (e.g. with extra feature columns)."""
     users, items, extras, labels = [], [], [], []
-    for q, p in zip(queries, ranker.prepare(queries, keep_retrieval=False), strict=True):
+    if prepared is None:
+        prepared = ranker.prepare(queries, keep_retrieval=False)
+    for q, p in zip(queries, prepared, strict=True):
         hit = np.flatnonzero(p.candidates.rows == q.target)
         if len(hit) == 0:
             continue
