@@ -16,7 +16,7 @@ from torch import nn
 from contract.bundle import SCORER_INPUTS
 from contract.bundle import USER_ENCODER_INPUTS as USER_INPUTS
 from export.onnx_text import PARITY_COSINE, PARITY_MAX_ABS, ParityError
-from training.model import Scorer, UserTower
+from training.model import RoutedScorer, Scorer, UserTower
 
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: tuple[str, ...],
@@ -60,7 +60,8 @@ def export_user_encoder(users: UserTower, path: Path, feeds: dict[str, np.ndarra
     return parity(users, path, {k: feeds[k] for k in USER_INPUTS}, "user_encoder")
 
 
-def export_scorer(scorer: Scorer, path: Path, feeds: dict[str, np.ndarray], opset: int = 17) -> dict[str, float]:
+def export_scorer(scorer: Scorer | RoutedScorer, path: Path, feeds: dict[str, np.ndarray], opset: int = 17
+                  ) -> dict[str, float]:
     args = tuple(torch.from_numpy(feeds[k]) for k in SCORER_INPUTS)
     _export(scorer, args, path, SCORER_INPUTS, "score", {k: {0: "batch"} for k in SCORER_INPUTS}, opset)
     return parity(scorer, path, {k: feeds[k] for k in SCORER_INPUTS}, "scorer")

@@ -32,7 +32,7 @@ from export.onnx_optimize import quantize_int8, to_fp16
 from export.onnx_text import check_against_model, compare_vectors, embed_onnx, export_text_encoder
 from training.checkpoint import load_checkpoint, text_item_encoder
 from training.data.build import atomic_dir
-from training.evaluate import make_queries, metrics_from_ranks, ranks
+from training.evaluate import hide_target_history, make_queries, metrics_from_ranks, ranks
 from training.model import ModelConfig
 from training.pipeline import Ranker, as_contract_query, checkpoint_ranker, new_item_vectors
 from training.sequences import load_dataset
@@ -109,7 +109,8 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
                   "user_encoder": ModelFile(file="user_encoder.onnx", inputs=list(USER_INPUTS),
                                             outputs=["user_vec"], parity=user_parity)}
         if loaded.scorer is not None:  # without one the service serves the retrieval order
-            prepared = ranker.prepare(qs[:16], keep_retrieval=False)
+            # + the same people as new to the target platform: a routed scorer's both halves are checked
+            prepared = ranker.prepare(qs[:16] + hide_target_history(qs[:16]), keep_retrieval=False)
             scorer_feeds = {
                 "user_vec": np.concatenate([np.repeat(p.user[None], len(p.candidates.rows), 0) for p in prepared]),
                 "item_vec": np.concatenate([vecs[p.candidates.rows] for p in prepared]),
@@ -149,8 +150,12 @@ def export_bundle(checkpoint: Path, out_root: Path, version: str | None = None, 
         log(f"indexes: {', '.join(f'{p} {e.kind} ({e.items:,} items{_index_note(e)})' for p, e in indexes.items())}"
             f" in {time.perf_counter() - started:.1f}s")
 
-        evaluation = {"train": ckpt.get("log", {}).get("two_tower", {}).get("best_valid_ndcg@10"),
-                      "scorer": ckpt.get("log", {}).get("scorer", {}).get("best_valid_ndcg@10"),
+        tlog = ckpt.get("log", {})
+        evaluation = {"train": tlog.get("two_tower", {}).get("best_valid_ndcg@10"),
+                      "scorer": tlog.get("scorer", {}).get("best_valid_ndcg@10"),
+                      # what the scorer ranks by: "trained", or the fixed ranking (a baseline) chosen on valid
+                      "ranks_as": tlog.get("scorer", {}).get("start"),
+                      "new_to_platform_ranks_as": tlog.get("new_to_platform", {}).get("chosen"),
                       "variants": variant_report}
         metrics_file = checkpoint.parent / "metrics-test.json"
         if metrics_file.is_file():

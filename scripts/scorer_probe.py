@@ -13,6 +13,9 @@ epoch (what `xrec train` would choose from: the best epoch on valid). Probes (de
 - `candidates`: more retrieval and item-KNN candidates (the default: 100 + 100).
 - `similarity`: four more features, the candidate's vector against the history's item vectors (the largest
   dot product, the last item's, a recency-weighted mean, the largest on the target platform).
+- `new-to-platform`: the scorer also trains on a copy of each held-out query that has history on both the
+  target platform and another, with the target platform's history hidden (the new-to-platform protocol's
+  queries, which the held-out last events rarely are).
 - `gbdt`: a LambdaMART ranker (LightGBM, `pip install lightgbm`: not a project dependency) over the scorer's
   features, alone and with the trained scorer's score as one more.
 
@@ -35,14 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from contract.ranking import Candidates
-from training.evaluate import make_queries, ndcg_per_query, ranks
+from training.evaluate import hide_target_history, make_queries, ndcg_per_query, ranks
 from training.model import Scorer
 from training.pipeline import Prepared, Ranker
 from training.report import model_rankers
 from training.sequences import Dataset
-from training.train import TrainConfig, holdout_last_events, scorer_examples, scorer_queries
+from training.train import TrainConfig, holdout_last_events, scorer_examples, scorer_queries, scorer_starts
 
-PROBES = ("epochs", "ensemble", "settings", "long", "candidates", "similarity", "gbdt")
+PROBES = ("epochs", "ensemble", "settings", "long", "candidates", "similarity", "new-to-platform", "gbdt")
 SIMILARITY_HISTORY = 50  # history items the similarity features read (the user encoder's max_history)
 
 
@@ -82,8 +85,8 @@ def main(checkpoint: Path, probes: list[str], out: Path | None) -> None:
     shipped = ranker.scorer
     train_q = scorer_queries(ds.timelines, holdout_last_events(ds.timelines, cfg.scorer_extra_holdout, cfg.seed),
                              cfg.history)
-    splits = {"valid": make_queries(ds, "valid"), "test": make_queries(ds, "test"),
-              "test new-to-platform": make_queries(ds, "test", new_to_platform=True)}
+    splits = {"valid": make_queries(ds, "valid"), "valid new-to-platform": make_queries(ds, "valid", True),
+              "test": make_queries(ds, "test"), "test new-to-platform": make_queries(ds, "test", True)}
     report: dict[str, dict[str, float]] = {}
     started = time.perf_counter()
     ex = Examples(ds, ranker, train_q, splits)
@@ -187,6 +190,14 @@ def main(checkpoint: Path, probes: list[str], out: Path | None) -> None:
             return out
 
         every_epoch("+ 4 similarity features", Examples(ds, ranker, train_q, splits, similarity))
+    if "new-to-platform" in probes:
+        hidden = hide_target_history([q for q in train_q if (q.platforms == q.platform).any()])
+        print(f"+ {len(hidden):,} held-out queries with the target platform's history hidden", flush=True)
+        fixed = Scorer(replace(ranker.model.cfg, scorer_extras=ex.x.shape[-1]))
+        for name, w in scorer_starts(ex.x[ex.real], ranker.als is not None and ranker.als_candidates >= 10).items():
+            fixed.start_from(w)
+            evaluate(f"fixed: {name}", fixed, ex)
+        every_epoch("+ new-to-platform copies", Examples(ds, ranker, train_q + hidden, splits))
     if "gbdt" in probes:
         gbdt(ex, fit(ex, cfg.seed), evaluate)
     if out is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from training.model import ModelConfig, Scorer, TextItemEncoder, TwoTower
+from training.model import ModelConfig, RoutedScorer, Scorer, TextItemEncoder, TwoTower, load_scorer
 from training.text_vectors import load_text_model, text_model_path
 
 
@@ -19,7 +19,7 @@ from training.text_vectors import load_text_model, text_model_path
 class Loaded:
     cfg: ModelConfig
     model: TwoTower
-    scorer: Scorer | None
+    scorer: Scorer | RoutedScorer | None
     ckpt: dict
 
 
@@ -29,11 +29,7 @@ def load_checkpoint(path: Path) -> Loaded:
     model = TwoTower(cfg)
     model.load_state_dict(ckpt["model"])
     model.eval()
-    scorer = None
-    if ckpt.get("scorer") is not None:
-        scorer = Scorer(cfg)
-        scorer.load_state_dict(ckpt["scorer"])
-        scorer.eval()
+    scorer = load_scorer(cfg, ckpt["scorer"]) if ckpt.get("scorer") is not None else None
     return Loaded(cfg, model, scorer, ckpt)
 
 

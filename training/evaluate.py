@@ -68,6 +68,17 @@ def make_queries(ds: Dataset, split: str, new_to_platform: bool = False) -> list
     return out
 
 
+def hide_target_history(queries: list[Query]) -> list[Query]:
+    """The new-to-platform protocol's view of queries (`make_queries(..., new_to_platform=True)`): each one's
+    target-platform events hidden; queries left with no history are dropped (every ranking answers them alike)."""
+    out = []
+    for q in queries:
+        other = q.platforms != q.platform
+        if other.any():
+            out.append(Query(q.person, q.platform, q.items[other], q.platforms[other], q.ts[other], q.now, q.target))
+    return out
+
+
 def top_positions(scores: np.ndarray, k: int) -> np.ndarray:
     """Positions of the k highest scores, best first, ties by position; -inf (excluded) is never listed, so
     fewer than k come back when fewer than k items are left."""

@@ -241,6 +241,30 @@ class Scorer(nn.Module):
         return (self.linear(extras) + self.net(x)).squeeze(-1)
 
 
+class RoutedScorer(nn.Module):
+    """Two scorers, one per kind of person: `known` for people with history on the target platform, `new` for
+    people new to it (the `has_target_history` feature is 0). Each is chosen on valid for its own people
+    (`training.train.route_new_to_platform`): a ranking that wins overall can lose to a baseline on the people
+    a platform has never seen. One module, so the bundle's scorer.onnx stays one file with the same inputs."""
+
+    def __init__(self, known: Scorer, new: Scorer) -> None:
+        super().__init__()
+        self.known, self.new = known, new
+        self.has_target = feature_names(known.linear.in_features).index("has_target_history")
+
+    def forward(self, user_vec: torch.Tensor, item_vec: torch.Tensor, extras: torch.Tensor) -> torch.Tensor:
+        known = extras[:, self.has_target] > 0.5
+        return torch.where(known, self.known(user_vec, item_vec, extras), self.new(user_vec, item_vec, extras))
+
+
+def load_scorer(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Scorer | RoutedScorer:
+    """A checkpoint's scorer from its weights: a `RoutedScorer` when they hold two."""
+    routed = any(k.startswith("known.") for k in state)
+    scorer: Scorer | RoutedScorer = RoutedScorer(Scorer(cfg), Scorer(cfg)) if routed else Scorer(cfg)
+    scorer.load_state_dict(state)
+    return scorer.eval()
+
+
 class TwoTower(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

@@ -19,7 +19,7 @@ from contract.bundle import USER_ENCODER_INPUTS
 from contract.features import History, KnnTable, user_encoder_feeds
 from contract.kg import ItemEntities
 from training.evaluate import Query
-from training.model import Scorer, TwoTower
+from training.model import RoutedScorer, Scorer, TwoTower
 from training.sequences import Dataset
 
 OUTSIDE_CANDIDATES = -1e3  # items retrieval did not fetch rank below every re-ranked candidate
@@ -50,7 +50,7 @@ class TorchBackend:
     """`contract.ranking.Backend` over the trained modules."""
 
     model: TwoTower
-    scorer: Scorer | None
+    scorer: Scorer | RoutedScorer | None
     item_vecs: np.ndarray
     platform_items: dict[int, np.ndarray]
 
@@ -111,7 +111,7 @@ class Ranker:
     knn_index: np.ndarray
     knn_weight: np.ndarray
     knn_decay: float = 0.5
-    scorer: Scorer | None = None
+    scorer: Scorer | RoutedScorer | None = None
     candidates: int = 100
     knn_candidates: int = 0
     kg: ItemEntities = field(default_factory=ItemEntities.empty)
@@ -183,8 +183,8 @@ def user_vectors(model: TwoTower, item_vecs: np.ndarray, queries: Sequence[Query
     return TorchBackend(model, None, item_vecs, {}).user_vectors(feeds)
 
 
-def checkpoint_ranker(model: TwoTower, scorer: Scorer | None, ckpt: dict, ds: Dataset, text_vecs: np.ndarray
-                      ) -> Ranker:
+def checkpoint_ranker(model: TwoTower, scorer: Scorer | RoutedScorer | None, ckpt: dict, ds: Dataset,
+                      text_vecs: np.ndarray) -> Ranker:
     """The Ranker a checkpoint written by `training.train` describes, over these text vectors. A checkpoint
     from before the knowledge graph has no "kg": an empty table, no KG candidates, no KG features; one from
     before ALS has no "als": no ALS feature, no ALS candidates."""

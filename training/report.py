@@ -83,4 +83,9 @@ def valid_choice(checkpoint: Path) -> str:
     if sc.get("start"):  # "trained", or the fixed ranking it ships instead
         parts.append("Scorer: trained." if sc.get("improved") else
                      f"Scorer: ranks as {sc['start']} (the trained one did not beat it on valid).")
+    new = tlog.get("new_to_platform")
+    if new and new["chosen"] != "trained":
+        ndcg = new["valid_ndcg@10"]
+        parts.append(f"People new to the target platform: ranked as {new['chosen']} ({ndcg[new['chosen']]:.4f} "
+                     f"vs the scorer's {ndcg['trained']:.4f} on their valid queries).")
     return " ".join(parts)

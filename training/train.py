@@ -9,7 +9,9 @@ The loop:
      correction), learnable temperature, AdamW; NDCG@10 on the choice queries after each epoch, best kept;
   4. the neighbour table (co-occurrence or EASE) and its recency decay, best on the choice queries;
   5. scorer: starts from the best of retrieval, neighbours alone and blends, then listwise epochs over
-     retrieval's top-100 + the neighbours' top-100, kept only where the choice queries improve;
+     retrieval's top-100 + the neighbours' top-100, kept only where the choice queries improve; it also
+     trains on copies of the held-out queries with the target platform's history hidden (new-to-platform);
+     people new to the target platform are ranked by whatever is best for them on valid (`RoutedScorer`);
   6. the final ranking against every baseline on valid (first line of the evaluation report);
   7. checkpoint: model config + weights + scorer + neighbour table + the items' knowledge-graph entities
      + metrics; export needs only model.py.
@@ -36,10 +38,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from contract.als import AlsFactors
 from contract.features import scorer_features
 from training.baselines import ALS, Popularity
-from training.evaluate import Query, bootstrap_win_share, make_queries, metrics_from_ranks, ndcg_per_query, ranks
+from training.evaluate import (
+    Query,
+    bootstrap_win_share,
+    hide_target_history,
+    make_queries,
+    metrics_from_ranks,
+    ndcg_per_query,
+    ranks,
+)
 from training.finetune import TextTower
 from training.kg.table import item_entities
-from training.model import SCORER_STARTS, ModelConfig, Scorer, TwoTower, feature_names
+from training.model import SCORER_STARTS, ModelConfig, RoutedScorer, Scorer, TwoTower, feature_names
 from training.neighbours import Neighbours, choose_neighbours
 from training.pipeline import Prepared, Ranker, item_vectors
 from training.sequences import Dataset, Timelines, load_dataset
@@ -98,6 +108,10 @@ class TrainConfig(BaseModel):
     scorer_lr: float = 1e-2
     scorer_batch: int = 32
     scorer_extra_holdout: int = 10000  # also hold out the last event of this many single-platform people
+    # The scorer also trains on a copy of each held-out query with history on the target platform, that history
+    # hidden: the queries of people new to a platform, which last events rarely are (scripts/scorer_probe.py
+    # new-to-platform; docs/results.md).
+    scorer_new_to_platform_copies: bool = True
     # A valid split smaller than this is topped up with held-out last events of people active on several
     # platforms (like valid's people; the scorer then does not train on them) for every choice made on valid:
     # early stopping, the neighbour table, the scorer's start and epochs. A few hundred targets are too noisy to
@@ -541,6 +555,38 @@ def ship_scorer(trained: np.ndarray | None, fixed: dict[str, np.ndarray], sure: 
     return max(ahead, key=ahead.get) if ahead else "trained"
 
 
+def route_new_to_platform(ranker: Ranker, new_q: list[Query], console: Console) -> dict[str, object]:
+    """What people new to the target platform are ranked by, chosen on their own valid queries (`new_q`) by
+    the rule the whole ranking ships by (`ship_scorer`): the trained scorer, unless the neighbour table or
+    ALS alone (baselines) is ahead there, or one of the model's fixed rankings is ahead with bootstrap
+    confidence. Anything but the trained scorer makes `ranker.scorer` a `RoutedScorer`: people with history on
+    the target platform keep the trained scorer. Why: a ranking that wins overall can lose to a baseline on
+    the people a platform has never seen (a kept-aside data set: 0.0008 new-to-platform vs ALS 0.0062)."""
+    trained = ranker.scorer
+    assert trained is not None
+    prepared = ranker.prepare(new_q)
+
+    def per_query(scorer: torch.nn.Module) -> np.ndarray:
+        ranker.scorer = scorer
+        return ndcg_per_query(ranks(ranker.ds, new_q, lambda _: ranker.rescore(prepared), batch=len(new_q)), 10)
+
+    extras = torch.from_numpy(np.concatenate([p.candidates.extras for p in prepared]))
+    weights = scorer_starts(extras, ranker.als is not None and ranker.als_candidates >= 10)
+    fixed_scorers, fixed = {}, {}
+    for name, w in weights.items():
+        fixed_scorers[name] = Scorer(ranker.model.cfg)
+        fixed_scorers[name].start_from(w)
+        fixed[name] = per_query(fixed_scorers[name])
+    mine = per_query(trained)
+    chosen = ship_scorer(mine, fixed)
+    scores = {"trained": float(mine.mean())} | {k: float(v.mean()) for k, v in fixed.items()}
+    console.print(f"new to the target platform ({len(new_q):,} valid queries, NDCG@10): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) + f" → {chosen}")
+    known = trained.known if isinstance(trained, RoutedScorer) else trained
+    ranker.scorer = trained if chosen == "trained" else RoutedScorer(known, fixed_scorers[chosen]).eval()
+    return {"queries": len(new_q), "valid_ndcg@10": scores, "chosen": chosen}
+
+
 def compare_on_valid(ranker: Ranker, nb: Neighbours, valid: list[Query], log: dict, console: Console
                      ) -> dict[str, object]:
     """The shipped ranking against every baseline on valid (NDCG@10): what `xrec evaluate` reports first."""
@@ -617,6 +663,10 @@ def train(cfg: TrainConfig, console: Console | None = None,
     check_q = [q for i, q in enumerate(scorer_q) if i in check]
     train_q = [q for i, q in enumerate(scorer_q) if i not in check]
     choice = valid + check_q
+    if cfg.scorer_new_to_platform_copies:
+        copies = hide_target_history([q for q in train_q if (q.platforms == q.platform).any()])
+        console.print(f"scorer: + {len(copies):,} copies of held-out queries as new to the target platform")
+        train_q += copies
     console.print(f"choices on {len(valid):,} valid targets + {len(check_q):,} held-out last events")
     log = {"config": json.loads(cfg.model_dump_json()), "choice_queries": {"valid": len(valid), "held_out": n_check},
            "two_tower": (two_tower or train_two_tower)(state, windows, choice, console, on_epoch)}
@@ -637,6 +687,7 @@ def train(cfg: TrainConfig, console: Console | None = None,
     als = ALS(seed=cfg.seed).fit(ds, keep=train_keep).fitted if cfg.als_features and cfg.scorer else None
     if cfg.scorer and len(train_q):
         log["scorer"] = choose_als(ranker, als, train_q, choice, cfg, console)
+        log["new_to_platform"] = route_new_to_platform(ranker, hide_target_history(choice), console)
     log["valid_comparison"] = compare_on_valid(ranker, nb, valid, log, console)
     log["minutes"] = round((time.perf_counter() - started) / 60, 2)
 

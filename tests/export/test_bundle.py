@@ -284,3 +284,38 @@ def test_cutting_the_user_encoders_padding_keeps_every_vector_bit_identical(tiny
         cut_any |= slots < max_history
         np.testing.assert_array_equal(session.run(None, trimmed)[0], session.run(None, feeds)[0])
     assert cut_any
+
+
+def test_a_routed_scorer_exports_as_one_onnx_file_that_routes_each_row_as_trained(tiny_bundle, tmp_path):
+    """A checkpoint whose scorer ranks people new to the target platform by another half (`RoutedScorer`):
+    export checks it against the trained module on both kinds of people, and the bundle's scorer.onnx gives
+    each row the score of its own half."""
+    from contract.features import SCORER_EXTRAS
+    from training.model import RoutedScorer, Scorer
+
+    root = tiny_bundle.parents[1]
+    loaded = load_checkpoint(root / "run" / "checkpoint.pt")
+    new = Scorer(loaded.cfg)
+    new.start_from({"log_popularity": 10.0, "dot": -1.0})  # unlike anything training ships
+    routed = RoutedScorer(loaded.scorer, new).eval()
+    ckpt = dict(loaded.ckpt, scorer=routed.state_dict())
+    (tmp_path / "routed").mkdir()
+    torch.save(ckpt, tmp_path / "routed" / "checkpoint.pt")
+    assert isinstance(load_checkpoint(tmp_path / "routed" / "checkpoint.pt").scorer, RoutedScorer)
+    out = export_bundle(tmp_path / "routed" / "checkpoint.pt", tmp_path / "bundles", version="routed", salt="s",
+                        dataset=root / "ds", measure_variants=False, log=lambda _: None)
+    assert read_manifest(out).models["scorer"].parity["max_abs_diff"] <= 1e-4
+    session = _load(out, tmp_path).models.scorer
+    rng = np.random.default_rng(0)
+    d = loaded.cfg.dim
+    feeds = {"user_vec": rng.normal(size=(40, d)).astype(np.float32),
+             "item_vec": rng.normal(size=(40, d)).astype(np.float32),
+             "extras": rng.random(size=(40, len(SCORER_EXTRAS))).astype(np.float32)}
+    has = SCORER_EXTRAS.index("has_target_history")
+    feeds["extras"][:, has] = np.arange(40) % 2
+    got = session.run(None, feeds)[0].reshape(-1)
+    with torch.no_grad():
+        args = [torch.from_numpy(feeds[k]) for k in ("user_vec", "item_vec", "extras")]
+        known, fresh = routed.known(*args).numpy(), routed.new(*args).numpy()
+    assert not np.allclose(known, fresh)
+    np.testing.assert_allclose(got, np.where(np.arange(40) % 2 == 1, known, fresh), atol=1e-5)
