@@ -3,7 +3,7 @@
     .venv/bin/python scripts/scorer_probe.py runs/fk-s0/checkpoint.pt [PROBE ...] [--json OUT]
 
 Every probe re-trains the scorer on the held-out queries `xrec train` used, on top of the checkpoint's
-two-tower and neighbour table, and prints NDCG@10 on valid, test and test new-to-platform after every scorer
+two-tower and neighbour table, and prints NDCG@10 on valid, test and both new-to-platform after every scorer
 epoch (what `xrec train` would choose from: the best epoch on valid). Probes (default: all but gbdt):
 
 - `epochs`: the default scorer, every epoch, and the average of its weights over the last epochs (SWA).
@@ -13,9 +13,10 @@ epoch (what `xrec train` would choose from: the best epoch on valid). Probes (de
 - `candidates`: more retrieval and item-KNN candidates (the default: 100 + 100).
 - `similarity`: four more features, the candidate's vector against the history's item vectors (the largest
   dot product, the last item's, a recency-weighted mean, the largest on the target platform).
-- `new-to-platform`: the scorer also trains on a copy of each held-out query that has history on both the
-  target platform and another, with the target platform's history hidden (the new-to-platform protocol's
-  queries, which the held-out last events rarely are).
+- `new-to-platform`: the fixed rankings, then the scorer trained without the copies of each held-out query
+  that has history on the target platform with that history hidden (what `xrec train` adds by default,
+  `scorer_new_to_platform_copies`), or with them for a checkpoint trained without.
+- `short-history`: + a copy of each held-out query with more than 3 events, with its last 3 only.
 - `gbdt`: a LambdaMART ranker (LightGBM, `pip install lightgbm`: not a project dependency) over the scorer's
   features, alone and with the trained scorer's score as one more.
 
@@ -38,14 +39,16 @@ import torch
 import torch.nn.functional as F
 
 from contract.ranking import Candidates
-from training.evaluate import hide_target_history, make_queries, ndcg_per_query, ranks
+from training.evaluate import Query, hide_target_history, make_queries, ndcg_per_query, ranks
 from training.model import Scorer
 from training.pipeline import Prepared, Ranker
 from training.report import model_rankers
 from training.sequences import Dataset
 from training.train import TrainConfig, holdout_last_events, scorer_examples, scorer_queries, scorer_starts
 
-PROBES = ("epochs", "ensemble", "settings", "long", "candidates", "similarity", "new-to-platform", "gbdt")
+PROBES = ("epochs", "ensemble", "settings", "long", "candidates", "similarity", "new-to-platform", "short-history",
+          "gbdt")
+SHORT = 3  # the short-history probe's history length
 SIMILARITY_HISTORY = 50  # history items the similarity features read (the user encoder's max_history)
 
 
@@ -83,8 +86,10 @@ def main(checkpoint: Path, probes: list[str], out: Path | None) -> None:
     cfg = TrainConfig.model_validate(ckpt["train_config"])
     ds, ranker = model_rankers(checkpoint)
     shipped = ranker.scorer
-    train_q = scorer_queries(ds.timelines, holdout_last_events(ds.timelines, cfg.scorer_extra_holdout, cfg.seed),
-                             cfg.history)
+    held = scorer_queries(ds.timelines, holdout_last_events(ds.timelines, cfg.scorer_extra_holdout, cfg.seed),
+                          cfg.history)
+    copies = hide_target_history([q for q in held if (q.platforms == q.platform).any()])
+    train_q = held + copies if cfg.scorer_new_to_platform_copies else held  # as `xrec train` trained it
     splits = {"valid": make_queries(ds, "valid"), "valid new-to-platform": make_queries(ds, "valid", True),
               "test": make_queries(ds, "test"), "test new-to-platform": make_queries(ds, "test", True)}
     report: dict[str, dict[str, float]] = {}
@@ -191,13 +196,19 @@ def main(checkpoint: Path, probes: list[str], out: Path | None) -> None:
 
         every_epoch("+ 4 similarity features", Examples(ds, ranker, train_q, splits, similarity))
     if "new-to-platform" in probes:
-        hidden = hide_target_history([q for q in train_q if (q.platforms == q.platform).any()])
-        print(f"+ {len(hidden):,} held-out queries with the target platform's history hidden", flush=True)
         fixed = Scorer(replace(ranker.model.cfg, scorer_extras=ex.x.shape[-1]))
         for name, w in scorer_starts(ex.x[ex.real], ranker.als is not None and ranker.als_candidates >= 10).items():
             fixed.start_from(w)
             evaluate(f"fixed: {name}", fixed, ex)
-        every_epoch("+ new-to-platform copies", Examples(ds, ranker, train_q + hidden, splits))
+        if cfg.scorer_new_to_platform_copies:
+            every_epoch(f"without the {len(copies):,} new-to-platform copies", Examples(ds, ranker, held, splits))
+        else:
+            every_epoch(f"+ {len(copies):,} new-to-platform copies", Examples(ds, ranker, held + copies, splits))
+    if "short-history" in probes:
+        short = [Query(q.person, q.platform, q.items[-SHORT:], q.platforms[-SHORT:], q.ts[-SHORT:], q.now, q.target)
+                 for q in held if len(q.items) > SHORT]
+        every_epoch(f"+ {len(short):,} copies with the last {SHORT} events only", Examples(ds, ranker, train_q + short,
+                                                                                           splits))
     if "gbdt" in probes:
         gbdt(ex, fit(ex, cfg.seed), evaluate)
     if out is not None:
