@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from app.core.config import Settings
-from tests.app.conftest import AUTH, running
+from tests.app.conftest import AUTH, running, wait_for
 from tests.fixtures.tiny_bundle import PEOPLE, person_id
 
 TS = 1_760_000_000
@@ -99,6 +99,8 @@ def test_profile_is_cached_in_redis_under_the_model_version(client: TestClient, 
     send(client, event("ev-e1", PEOPLE["erin"]["kitchen"], "kitchen:k0002"))
     assert redis_client.exists(key) and redis_client.ttl(key) > 0
     assert int(redis_client.hget(key, "seq")) == 1
+    # the event queued the person's kitchen list to be ranked ahead, which reads the profile too: let it finish
+    assert wait_for(lambda: not state.recommender._refreshing)
     loads = state.metrics.profile_source
     before = loads.value(source="redis")
     client.post("/v1/recommend", json={"person_id": pid, "platform": "grocery", "now_ts": TS})
