@@ -564,6 +564,8 @@ def route_new_to_platform(ranker: Ranker, new_q: list[Query], console: Console) 
     the people a platform has never seen (a kept-aside data set: 0.0008 new-to-platform vs ALS 0.0062)."""
     trained = ranker.scorer
     assert trained is not None
+    if not new_q:  # nobody in valid uses another platform (e.g. one-platform data): nothing to choose on
+        return {"queries": 0, "valid_ndcg@10": {}, "chosen": "trained"}
     prepared = ranker.prepare(new_q)
 
     def per_query(scorer: torch.nn.Module) -> np.ndarray:

@@ -207,6 +207,8 @@ def test_people_new_to_a_platform_get_a_baseline_where_it_beats_the_trained_scor
     upside_down = Scorer(ranker.model.cfg)
     upside_down.start_from({"log_knn": -10.0})
     ranker.scorer = upside_down
+    assert route_new_to_platform(ranker, [], Console(quiet=True))["chosen"] == "trained"  # no one to choose on
+    assert ranker.scorer is upside_down
     valid = make_queries(ds, "valid")
     new_q = hide_target_history(valid)
     assert new_q and all((q.platforms != q.platform).all() and len(q.items) for q in new_q)
