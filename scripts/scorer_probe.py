@@ -39,12 +39,19 @@ import torch
 import torch.nn.functional as F
 
 from contract.ranking import Candidates
-from training.evaluate import Query, hide_target_history, make_queries, ndcg_per_query, ranks
+from training.evaluate import Query, make_queries, ndcg_per_query, ranks
 from training.model import Scorer
 from training.pipeline import Prepared, Ranker
 from training.report import model_rankers
 from training.sequences import Dataset
-from training.train import TrainConfig, holdout_last_events, scorer_examples, scorer_queries, scorer_starts
+from training.train import (
+    TrainConfig,
+    holdout_last_events,
+    new_to_platform_copies,
+    scorer_examples,
+    scorer_queries,
+    scorer_starts,
+)
 
 PROBES = ("epochs", "ensemble", "settings", "long", "candidates", "similarity", "new-to-platform", "short-history",
           "gbdt")
@@ -88,7 +95,7 @@ def main(checkpoint: Path, probes: list[str], out: Path | None) -> None:
     shipped = ranker.scorer
     held = scorer_queries(ds.timelines, holdout_last_events(ds.timelines, cfg.scorer_extra_holdout, cfg.seed),
                           cfg.history)
-    copies = hide_target_history([q for q in held if (q.platforms == q.platform).any()])
+    copies = new_to_platform_copies(held)
     train_q = held + copies if cfg.scorer_new_to_platform_copies else held  # as `xrec train` trained it
     splits = {"valid": make_queries(ds, "valid"), "valid new-to-platform": make_queries(ds, "valid", True),
               "test": make_queries(ds, "test"), "test new-to-platform": make_queries(ds, "test", True)}

@@ -205,6 +205,12 @@ def scorer_queries(tl: Timelines, held: np.ndarray, history: str) -> list[Query]
     return restrict_to_target(qs) if history == "target-only" else qs
 
 
+def new_to_platform_copies(queries: list[Query]) -> list[Query]:
+    """A copy of each query with history on its target platform, that history hidden (`scorer_new_to_platform_copies`):
+    the scorer's examples of people new to a platform, which held-out last events rarely are."""
+    return hide_target_history([q for q in queries if (q.platforms == q.platform).any()])
+
+
 def _queries_for(tl: Timelines, events: np.ndarray) -> list[Query]:
     qs = []
     for e in events:
@@ -666,7 +672,7 @@ def train(cfg: TrainConfig, console: Console | None = None,
     train_q = [q for i, q in enumerate(scorer_q) if i not in check]
     choice = valid + check_q
     if cfg.scorer_new_to_platform_copies:
-        copies = hide_target_history([q for q in train_q if (q.platforms == q.platform).any()])
+        copies = new_to_platform_copies(train_q)
         console.print(f"scorer: + {len(copies):,} copies of held-out queries as new to the target platform")
         train_q += copies
     console.print(f"choices on {len(valid):,} valid targets + {len(check_q):,} held-out last events")
