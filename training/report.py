@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from training.baselines import ALS, EASE, NEIGHBOUR_TABLES, ItemKNN, Popularity, TextZeroShot
+from training.baselines import ALS, EASE, ItemKNN, Popularity, TableSpec, TextZeroShot
 from training.checkpoint import fine_tuned_backbone, load_checkpoint
 from training.evaluate import ScoreFn, evaluate_models, write_results
 from training.pipeline import Ranker, checkpoint_ranker
@@ -33,11 +33,13 @@ def run_evaluation(checkpoint: Path, split: str, out: Path | None = None, baseli
         text = encode_texts(ds.titles, 32, progress=False)  # zero-shot: the pretrained MiniLM as shipped
         models |= {"popularity": Popularity().fit(ds).score,
                    "item-knn (no recency)": ItemKNN(decay=1.0).fit(ds).score}
-        # Each neighbour table at the recency decay that was best for it on valid (train's log)
-        for kind, decay in valid_decays(checkpoint, ranker.knn_decay).items():
-            label = "item-knn" if kind == "co-occurrence" else f"{kind} item-knn"
-            if (kind, decay) != ("co-occurrence", 1.0):
-                models[f"{label} (recency {decay})"] = ItemKNN(decay=decay, table=kind).fit(ds).score
+        # Each neighbour table kind (a cosine) and the chosen table, at the recency decay best for it on valid
+        for table, decay in valid_decays(checkpoint, ranker.knn_decay).items():
+            spec = TableSpec.parse(table)
+            label = "item-knn" if spec.kind == "co-occurrence" else f"{spec.kind} item-knn"
+            norm = "" if spec.label == spec.kind else f"α {spec.alpha:g}, shrink {spec.shrink:g}, "
+            if (table, decay) != ("co-occurrence", 1.0):
+                models[f"{label} ({norm}recency {decay})"] = ItemKNN(decay=decay, table=table).fit(ds).score
         models |= {"ease": EASE().fit(ds).score, "als": ALS().fit(ds).score,
                    "text zero-shot": TextZeroShot(text).fit(ds).score}
     models["two-tower (retrieval)"] = ranker.retrieval
@@ -55,17 +57,18 @@ def run_evaluation(checkpoint: Path, split: str, out: Path | None = None, baseli
 
 
 def valid_decays(checkpoint: Path, fallback: float) -> dict[str, float]:
-    """{table kind: the recency decay best on valid for it}, from `xrec train`'s log (older checkpoints:
-    co-occurrence at the checkpoint's decay)."""
+    """{table label: the recency decay best on valid for it} for each kind's cosine and the chosen table, from
+    `xrec train`'s log (older checkpoints: co-occurrence at the checkpoint's decay)."""
     import torch
 
-    tried = torch.load(checkpoint, map_location="cpu", weights_only=False).get("log", {}).get(
-        "neighbours", {}).get("valid_ndcg@10", {})
+    nb = torch.load(checkpoint, map_location="cpu", weights_only=False).get("log", {}).get("neighbours", {})
     best: dict[str, tuple[float, float]] = {}
-    for key, ndcg in tried.items():
-        kind, decay = key.rsplit("@", 1)
-        if kind in NEIGHBOUR_TABLES and (kind not in best or ndcg > best[kind][1]):
-            best[kind] = (float(decay), ndcg)
+    for key, ndcg in nb.get("valid_ndcg@10", {}).items():
+        table, decay = key.rsplit("@", 1)
+        if table == "ease" or (TableSpec.parse(table).label != TableSpec.parse(table).kind and table != nb["chosen"]):
+            continue
+        if table not in best or ndcg > best[table][1]:
+            best[table] = (float(decay), ndcg)
     return {k: d for k, (d, _) in best.items()} or {"co-occurrence": fallback}
 
 

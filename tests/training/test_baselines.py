@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from training.baselines import ALS, EASE, ItemKNN, Popularity, TextZeroShot, build_neighbours, build_transitions
-from training.baselines.itemknn import build_mixed, build_tables
+from training.baselines.itemknn import TableBuilder, TableSpec, build_mixed, build_tables
 from training.data.build import build_dataset
 from training.data.demo import write_demo
 from training.data.sources import load_sources
@@ -147,3 +147,42 @@ def test_building_every_table_at_once_gives_each_builders_table():
         assert np.array_equal(at_once[kind][0], index) and np.allclose(at_once[kind][1], weight), kind
     with pytest.raises(ValueError, match="unknown neighbour table"):
         build_tables(tl, 4, ("co-occurrence", "cosine"))
+
+
+def test_asymmetric_normalisation_penalises_a_popular_candidate_less():
+    # 0 co-occurs once with popular 1 (in 4 timelines) and once with rare 2 (in 1): the cosine prefers 2,
+    # alpha 1 (count / n_source: how often 1 or 2 follows 0's owners) ties them, and the weights are the formula's
+    tl = _timelines([[0, 1], [1], [1], [1], [0, 2]])
+    builder = TableBuilder(tl, 3, k=2)
+    cosine = builder.similarity(TableSpec("co-occurrence", 0.5, 0.0)).toarray()
+    assert np.isclose(cosine[0, 1], 1 / np.sqrt(2 * 4)) and np.isclose(cosine[0, 2], 1 / np.sqrt(2 * 1))
+    skewed = builder.similarity(TableSpec("co-occurrence", 1.0, 0.0)).toarray()
+    assert np.isclose(skewed[0, 1], 0.5) and np.isclose(skewed[0, 2], 0.5)
+    shrunk = builder.similarity(TableSpec("co-occurrence", 0.8, 30.0)).toarray()
+    assert np.isclose(shrunk[0, 1], 1 / (2**0.8 * 4**0.2 + 30))
+    # the default spec is the cosine the older builders give
+    assert np.array_equal(builder.table(TableSpec("mixed"))[0], build_mixed(tl, 3, k=2)[0])
+
+
+def test_table_labels_round_trip_and_bad_ones_are_refused():
+    for spec in (TableSpec("mixed"), TableSpec("sequential", 0.8, 30.0), TableSpec("co-occurrence", 1.0, 10.0)):
+        assert TableSpec.parse(spec.label) == spec
+    assert TableSpec("mixed").label == "mixed" and TableSpec("mixed", 0.8, 30.0).label == "mixed a0.8 s30"
+    for bad in ("cosine", "mixed a0.8", "mixed x1 s3"):
+        with pytest.raises(ValueError, match="neighbour table"):
+            TableSpec.parse(bad)
+    assert ItemKNN(table="mixed a0.8 s30").table == TableSpec("mixed", 0.8, 30.0)
+
+
+def test_choose_neighbours_tries_normalisations_of_the_best_kind_only(ds):
+    from training.evaluate import make_queries
+    from training.neighbours import choose_neighbours
+
+    keep = np.ones(len(ds.timelines.items), dtype=bool)
+    valid = make_queries(ds, "valid")
+    nb = choose_neighbours(ds, keep, valid, [1.0, 0.5], 0.0, 50, log=lambda _: None,
+                           kinds=("co-occurrence", "sequential"), normalisations=((0.5, 10.0), (1.0, 30.0)))
+    kinds = {TableSpec.parse(k.rsplit("@", 1)[0]).kind for k in nb.tried if " " in k}
+    assert len(kinds) == 1  # only the winning kind gets other normalisations
+    assert nb.valid_ndcg == max(nb.tried.values()) and nb.tried[f"{nb.name}@{nb.decay}"] == nb.valid_ndcg
+    assert np.array_equal(nb.index, nb.tables[nb.name][0])
