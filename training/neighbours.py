@@ -46,10 +46,10 @@ class Neighbours:
 def choose_neighbours(ds: Dataset, keep: np.ndarray, valid: Sequence[Query], decays: Sequence[float],
                       ease_lambda: float, max_history: int, log: Callable[[str], None] = print,
                       kinds: Sequence[str] = ("co-occurrence", "sequential", "mixed"),
-                      normalisations: Sequence[tuple[float, float]] = NORMALISATIONS) -> Neighbours:
+                      normalisations: Sequence[tuple[float, float]] = ((0.5, 10.0),)) -> Neighbours:
     """The best (table, decay) on valid NDCG@10. `keep`: bool per event of `ds.timelines`, False for events
     the tables must not see (the scorer's held-out targets). `kinds`: `NEIGHBOUR_TABLES` to try, each as a
-    cosine; `normalisations`: (alpha, shrink) then tried for the best kind (not for EASE)."""
+    cosine; `normalisations`: (alpha, shrink) then tried for the best kind (not for EASE; e.g. `NORMALISATIONS`)."""
     builder = TableBuilder(ds.timelines, ds.n_items, keep)
     tables = {kind: builder.table(TableSpec(kind)) for kind in kinds}
     ease = None

@@ -65,8 +65,8 @@ def valid_decays(checkpoint: Path, fallback: float) -> dict[str, float]:
     best: dict[str, tuple[float, float]] = {}
     for key, ndcg in nb.get("valid_ndcg@10", {}).items():
         table, decay = key.rsplit("@", 1)
-        if table == "ease" or (TableSpec.parse(table).label != TableSpec.parse(table).kind and table != nb["chosen"]):
-            continue
+        if table == "ease" or (table != TableSpec.parse(table).kind and table != nb["chosen"]):
+            continue  # EASE is reported on its own; of the other normalisations, only the chosen table
         if table not in best or ndcg > best[table][1]:
             best[table] = (float(decay), ndcg)
     return {k: d for k, (d, _) in best.items()} or {"co-occurrence": fallback}

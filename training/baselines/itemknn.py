@@ -21,8 +21,8 @@ class TableSpec:
     """One neighbour table: its kind and how its counts are normalised. weight(i → j) = count(i, j) /
     (n_i^alpha · n_j^(1 − alpha) + shrink), n = the items' event counts: alpha 0.5 is the cosine; towards 1
     a popular candidate j is penalised less (an asymmetric cosine). On Food-Kitchen and its variants alpha 0.8
-    with shrink 30 lifted the plain mixed ranking by 8–13% on held-out last events (docs/results.md); each data
-    set still chooses on valid (`training.neighbours.choose_neighbours`)."""
+    with shrink 30 lifted the plain mixed ranking by 8–13% on held-out last events, but not the scorer over it
+    (docs/results.md); `TrainConfig.knn_normalisations` makes it a choice on valid."""
 
     kind: str
     alpha: float = 0.5
