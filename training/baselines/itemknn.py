@@ -153,8 +153,8 @@ def _kept_events(timelines: Timelines, keep: np.ndarray | None) -> tuple[np.ndar
 def _normalise(counts: sp.csr_matrix, n: np.ndarray, alpha: float, shrink: float) -> sp.csr_matrix:
     """counts[i, j] / (n_i^alpha n_j^(1 − alpha) + shrink), same sparsity (alpha 0.5: the cosine)."""
     c = counts.tocoo()
-    # The cosine as it always was, to the bit: the scorer reads these weights, and a last-bit change alone moved
-    # its test NDCG@10 by 0.006 on Food-Kitchen (docs/results.md, tenth session)
+    # The cosine as it always was, to the bit: the scorer reads these weights and is chaotic in them (two seed-0
+    # Food-Kitchen runs whose tables differed in the last bit: test NDCG@10 0.1144 and 0.1080; docs/results.md)
     base = np.sqrt(n[c.row] * n[c.col]) if alpha == 0.5 else n[c.row] ** alpha * n[c.col] ** (1.0 - alpha)
     sim = c.data / (base + shrink)
     return sp.csr_matrix((sim.astype(np.float32), (c.row, c.col)), shape=counts.shape)
