@@ -154,7 +154,8 @@ def _normalise(counts: sp.csr_matrix, n: np.ndarray, alpha: float, shrink: float
     """counts[i, j] / (n_i^alpha n_j^(1 − alpha) + shrink), same sparsity (alpha 0.5: the cosine)."""
     c = counts.tocoo()
     # The cosine as it always was, to the bit: the scorer reads these weights and is chaotic in them (two seed-0
-    # Food-Kitchen runs whose tables differed in the last bit: test NDCG@10 0.1144 and 0.1080; docs/results.md)
+    # Food-Kitchen runs whose tables differed in the last bit: test NDCG@10 0.1144 and 0.1080, while re-training
+    # on the same inputs repeats to the digit; docs/results.md)
     base = np.sqrt(n[c.row] * n[c.col]) if alpha == 0.5 else n[c.row] ** alpha * n[c.col] ** (1.0 - alpha)
     sim = c.data / (base + shrink)
     return sp.csr_matrix((sim.astype(np.float32), (c.row, c.col)), shape=counts.shape)
