@@ -525,11 +525,11 @@ SURE = 0.95  # share of paired bootstrap resamples of valid a costlier or non-ba
 def choose_als(ranker: Ranker, als: AlsFactors | None, train_q: list[Query], choice: list[Query],
                cfg: TrainConfig, console: Console) -> dict[str, object]:
     """Train the scorer with the ALS feature and candidates (`als_features = true`), without (false or no
-    `als`), or both ways (`"auto"`): with ALS ships only when it is ahead in at least `sure` of paired bootstrap
+    `als`), or both ways (`"auto"`): with ALS ships only when it is ahead in at least `SURE` of paired bootstrap
     resamples of valid, as the model's own fixed rankings must be (`ship_scorer`). Why: it costs every uncached
     request an ALS solve and a pass over the factors, and on ~1,000 valid targets a lead of a few thousandths is
-    noise (Food-Kitchen seed 0, the same two-tower: with ALS, 0.0005 ahead on valid, 0.1085 on test; without
-    0.1144). Sets `ranker.scorer`, `ranker.als`, `ranker.als_candidates` and the model config's scorer width."""
+    noise (Food-Kitchen seed 0, the same two-tower and table: 0.1085 on test with ALS, kept on valid; 0.1144
+    without). Sets `ranker.scorer`, `ranker.als`, `ranker.als_candidates` and the model config's scorer width."""
 
     def fit(with_als: bool) -> dict[str, object]:
         ranker.als, ranker.als_candidates = (als, cfg.als_candidates) if with_als else (None, 0)
