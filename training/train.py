@@ -516,7 +516,9 @@ def train_scorer(ranker: Ranker, train_q: list[Query], valid: list[Query], cfg: 
         console.print(f"[yellow]the trained scorer did not beat {chosen} on valid: the scorer ranks as {chosen}[/]")
     return {"valid_retrieval_ndcg@10": base["ndcg@10"], "best_valid_ndcg@10": best, "epochs": history,
             "starts": starts, "start": chosen,
-            "train_queries": len(train_q), "train_examples": int(len(y)), "improved": improved}
+            "train_queries": len(train_q), "train_examples": int(len(y)), "improved": improved,
+            # per valid query, what ships (not for the log: `choose_als` compares two scorers with it)
+            "valid_ndcg_per_query": trained_q if improved else per_query[chosen]}
 
 
 SURE = 0.95  # share of paired bootstrap resamples of valid a costlier or non-baseline ranking must lead in
@@ -531,23 +533,22 @@ def choose_als(ranker: Ranker, als: AlsFactors | None, train_q: list[Query], cho
     noise (Food-Kitchen seed 0, the same two-tower and table: 0.1085 on test with ALS, kept on valid; 0.1144
     without). Sets `ranker.scorer`, `ranker.als`, `ranker.als_candidates` and the model config's scorer width."""
 
-    def fit(with_als: bool) -> dict[str, object]:
+    def fit(with_als: bool) -> tuple[dict[str, object], np.ndarray]:
+        """(the scorer's log, its per-query valid NDCG@10)"""
         ranker.als, ranker.als_candidates = (als, cfg.als_candidates) if with_als else (None, 0)
         ranker.model.cfg.scorer_extras = len(scorer_features(cfg.kg_features, with_als))
-        return train_scorer(ranker, train_q, choice, cfg, console) | {"als": with_als}
-
-    def per_query() -> np.ndarray:
-        return ndcg_per_query(ranks(ranker.ds, choice, ranker.final), 10)
+        log = train_scorer(ranker, train_q, choice, cfg, console) | {"als": with_als}
+        return log, log.pop("valid_ndcg_per_query")
 
     if als is None:  # als_features = false (or no scorer)
-        return fit(False)
+        return fit(False)[0]
     if cfg.als_features is True:
-        return fit(True)
-    without = fit(False)
-    kept, without_q = ranker.scorer, per_query()
-    with_als = fit(True)
+        return fit(True)[0]
+    without, without_q = fit(False)
+    kept = ranker.scorer
+    with_als, with_q = fit(True)
     a, b = without["best_valid_ndcg@10"], with_als["best_valid_ndcg@10"]
-    share = bootstrap_win_share(per_query(), without_q)
+    share = bootstrap_win_share(with_q, without_q)
     chosen = share >= SURE
     console.print(f"ALS in the scorer: valid NDCG@10 {b:.4f} with, {a:.4f} without, with ahead in {share:.0%} of "
                   f"resamples → " + ("with" if chosen else "without"))

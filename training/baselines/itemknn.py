@@ -83,6 +83,7 @@ class TableBuilder:
     def __init__(self, timelines: Timelines, n_items: int, keep: np.ndarray | None = None, k: int = 100) -> None:
         self.timelines, self.n_items, self.keep, self.k = timelines, n_items, keep, k
         self._counts: dict[str, tuple[sp.csr_matrix, np.ndarray]] = {}
+        self._similarities: dict[TableSpec, sp.csr_matrix] = {}  # mixed reuses its two parts' similarities
 
     def counts(self, kind: str) -> tuple[sp.csr_matrix, np.ndarray]:
         if kind not in self._counts:
@@ -92,10 +93,15 @@ class TableBuilder:
         return self._counts[kind]
 
     def similarity(self, spec: TableSpec) -> sp.csr_matrix:
-        if spec.kind != "mixed":
-            return _normalise(*self.counts(spec.kind), spec.alpha, spec.shrink)
-        co, seq = (self.similarity(TableSpec(k, spec.alpha, spec.shrink)) for k in ("co-occurrence", "sequential"))
-        return co / _mean_or_one(co) + 2.0 * seq / _mean_or_one(seq)
+        if spec not in self._similarities:
+            if spec.kind != "mixed":
+                sim = _normalise(*self.counts(spec.kind), spec.alpha, spec.shrink)
+            else:
+                co, seq = (self.similarity(TableSpec(k, spec.alpha, spec.shrink))
+                           for k in ("co-occurrence", "sequential"))
+                sim = co / _mean_or_one(co) + 2.0 * seq / _mean_or_one(seq)
+            self._similarities[spec] = sim
+        return self._similarities[spec]
 
     def table(self, spec: TableSpec) -> tuple[np.ndarray, np.ndarray]:
         """(index int32, weight float32) [n_items, k]: the spec's top-k neighbours per item."""
