@@ -131,7 +131,10 @@ def candidates(backend: Backend, tables: Tables, queries: Sequence[Query], user_
             found = backend.search(target, user_vecs[idx], n, excl)
         else:  # filtered queries: only a backend that filters gets them (the service's)
             found = backend.search(target, user_vecs[idx], n, excl, allowed)  # type: ignore[call-arg]
-        for i, ex, rows in zip(idx, excl, found, strict=True):
+        als_scores = None  # one product for the group's ALS candidates (`AlsFactors.platform_scores`)
+        if tables.als_candidates and tables.als is not None and backend.has_scorer:
+            als_scores = tables.als.platform_scores(np.stack([als_user[i] for i in idx]), target)
+        for j, (i, ex, rows) in enumerate(zip(idx, excl, found, strict=True)):
             live = queries[i].allowed if queries[i].allowed is not None else tables.live
             if tables.knn_candidates and backend.has_scorer:
                 more = knn_candidates(knn_all[i], tables.knn_candidates, tables.item_platform, target,
@@ -143,9 +146,9 @@ def candidates(backend: Backend, tables: Tables, queries: Sequence[Query], user_
                                      target, tables.kg_candidates, tables.item_platform, tables.popularity,
                                      np.concatenate([ex, rows]), live)
                 rows = np.concatenate([rows, more])
-            if tables.als_candidates and tables.als is not None and backend.has_scorer:
+            if als_scores is not None:
                 more = tables.als.candidates(als_user[i], target, tables.als_candidates, np.concatenate([ex, rows]),
-                                             live)
+                                             live, als_scores[j])
                 rows = np.concatenate([rows, more])
             rows_of[i] = rows
     return [Candidates(rows, features(tables, q, user_vecs[i], tables.vectors[rows], rows, knn_all[i], als_user[i]))

@@ -7,12 +7,42 @@ from __future__ import annotations
 
 import numpy as np
 
+# Above this many rows, `top_rows` first keeps the rows at or above a threshold read off a sample of the values:
+# a comparison pass instead of a selection over every row (27k kitchen items, n = 50: ~60 µs instead of ~200).
+_SAMPLE_FROM = 4096
+_SAMPLE_SIZE = 1024
+
 
 def top_rows(rows: np.ndarray, values: np.ndarray, n: int, exclude: np.ndarray, live: np.ndarray | None = None,
              keep: np.ndarray | None = None) -> np.ndarray:
     """Up to `n` of `rows` (ascending, unique) with the highest `values`, best first (ties: lower row); never
-    one in `exclude`, one that is not `live` (bool per row id), or one where `keep` (bool per position) is False."""
-    ok = np.ones(len(rows), dtype=bool) if keep is None else keep
+    one in `exclude`, one that is not `live` (bool per row id), or one where `keep` (bool per position) is False.
+
+    Exact: the answer is the first `n` of the eligible rows in (value descending, row ascending) order, however
+    they are found. A large set is first cut to the rows at or above a threshold (a high quantile of every
+    k-th value); when fewer than `n` eligible rows pass it, the whole set is ranked."""
+    if n <= 0 or len(rows) == 0:
+        return np.zeros(0, dtype=np.int64)
+    values = np.asarray(values)
+    if len(rows) >= _SAMPLE_FROM and 8 * n < len(rows):
+        pos = np.flatnonzero(values >= _threshold(values, n + len(exclude)))
+        got = _best(rows[pos], values[pos], n, exclude, live, None if keep is None else keep[pos])
+        if len(got) == n:  # n eligible rows at or above the threshold: every better row is among them
+            return got
+    return _best(rows, values, n, exclude, live, keep)
+
+
+def _threshold(values: np.ndarray, want: int) -> float:
+    """A value that about 4 × `want` of `values` reach, read off an evenly spaced sample (deterministic)."""
+    step = max(len(values) // _SAMPLE_SIZE, 1)
+    sample = values[::step]
+    r = min(len(sample) - 1, int(np.ceil(len(sample) * 4.0 * want / len(values))) + 4)
+    return float(np.partition(sample, len(sample) - 1 - r)[len(sample) - 1 - r])
+
+
+def _best(rows: np.ndarray, values: np.ndarray, n: int, exclude: np.ndarray, live: np.ndarray | None,
+          keep: np.ndarray | None) -> np.ndarray:
+    ok = np.ones(len(rows), dtype=bool) if keep is None else keep.copy()
     if live is not None:
         ok &= live[rows]
     if len(exclude) and len(rows):  # rows are sorted: find each excluded row by binary search
@@ -21,6 +51,9 @@ def top_rows(rows: np.ndarray, values: np.ndarray, n: int, exclude: np.ndarray, 
         ok[pos[rows[pos] == ex]] = False
     rows, values = rows[ok], values[ok]
     if len(rows) > n:
-        top = np.argpartition(-values, n - 1)[:n]
-        rows, values = rows[top], values[top]
-    return rows[np.lexsort((rows, -values))].astype(np.int64)
+        # The n-th best value, then every row above it and the lowest rows tied with it: ties at the cut go to
+        # the lower row whichever way the selection algorithm visits them.
+        cut = np.partition(values, len(values) - n)[len(values) - n]
+        pick = values >= cut
+        rows, values = rows[pick], values[pick]
+    return rows[np.lexsort((rows, -values))][:n].astype(np.int64)

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # Threads per ONNX call. 1 suits a server: concurrency comes from requests, not from one matmul.
     ort_intra_op_threads: int | None = 1
     faiss_threads: int = 1
+    # numpy's BLAS (OpenBLAS) threads. 1: its worker threads spin while they wait for work, and a cold request's
+    # small matrix products (ALS candidate scores, explanations) then cost twice the CPU for the same time and take
+    # the second core from the request threads (bench/cold_path.py: 7.3 ms CPU a request at 2, 3.9 at 1).
+    blas_threads: int = 1
     # Platforms with more items than this get an HNSW index; smaller ones an exact flat index.
     hnsw_threshold: int = 50_000
     hnsw_m: int = 32

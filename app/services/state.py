@@ -19,6 +19,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from threadpoolctl import threadpool_limits
+
 from app.core.config import DEFAULT_VARIANT, Settings, VariantSpec
 from app.core.metrics import Metrics
 from app.services.audience import AudienceFinder
@@ -70,6 +72,7 @@ class ServiceState:
     # ---- lifecycle ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        threadpool_limits(limits=self.settings.blas_threads, user_api="blas")  # process-wide, from now on
         with contextlib.suppress(RedisUnavailable):
             self.guard.load_scripts()
         self.recommender.start()

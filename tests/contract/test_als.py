@@ -145,3 +145,24 @@ def test_a_bundle_with_the_als_feature_must_name_its_file() -> None:
     assert check_compatible(plain) == [] and not plain.als_features
     assert any("no ALS file" in p for p in check_compatible(manifest(scorer_features(False, True), None)))
     assert check_compatible(manifest(ALS_EXTRAS + SCORER_EXTRAS, "als.npz"))  # out of order: refused
+
+
+def test_a_persons_candidate_scores_do_not_depend_on_who_is_scored_with_them() -> None:
+    """`platform_scores` runs queries in blocks of SCORE_BLOCK: a person gets the same bits alone, in any
+    micro-batch of the service and in the evaluator's batches, so the same ALS candidates (a real table's size:
+    the matrix product takes another kernel than for a tiny one)."""
+    rng = np.random.default_rng(0)
+    n_items, k = 6_000, 64
+    platform = (rng.random(n_items) < 0.7).astype(np.int64)
+    als = AlsFactors.of(rng.standard_normal((n_items, k)).astype(np.float32) * 0.1, 10.0, 0.05, platform)
+    users = rng.standard_normal((40, k)).astype(np.float32)
+    alone = [als.platform_scores(users[i:i + 1], 1)[0] for i in range(40)]
+    for batch in (2, 5, 8, 13, 40):
+        for start in (0, 7):
+            got = als.platform_scores(users[start:start + batch], 1)
+            assert all(np.array_equal(got[j], alone[start + j]) for j in range(len(got))), (batch, start)
+    rows = np.flatnonzero(platform == 1)
+    assert alone[3] == pytest.approx(als.items[rows] @ users[3], rel=1e-5, abs=1e-5)
+    none = np.zeros(0, dtype=np.int64)
+    assert als.candidates(users[3], 1, 10, none).tolist() == als.candidates(users[3], 1, 10, none, None,
+                                                                             alone[3]).tolist()
