@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -479,15 +478,21 @@ class Recommender:
                  set(other_platform_entities(kg, history.rows, history.platforms, ask.target).tolist()))
         entity = [_entity_reason(kg, catalog, platforms, history, ask.target, row)
                   if reach and not reach.isdisjoint(kg.of(row).tolist()) else None for row in ranked.rows.tolist()]
+        # Every number of the answer written by one C call (json's float repr), not one Python call each.
+        scores = _nums(ranked.scores)
+        weights = _nums(np.round(reason_w.astype(np.float64), 6))
+        n_reasons = reason_rows.shape[1] if reason_rows.ndim == 2 else 0
         out = []
-        for i, (row, score) in enumerate(zip(ranked.rows.tolist(), ranked.scores.tolist(), strict=True)):
+        for i, (row, r_rows) in enumerate(zip(ranked.rows.tolist(), reason_rows.tolist(), strict=True)):
             why = entity[i]
-            parts = [piece(r, "reason") + _num(round(w, 6)) + (why[1] if why and why[0] == r else b"") + b"}"
-                     for r, w in zip(reason_rows[i].tolist(), reason_w[i].tolist(), strict=True) if r >= 0]
-            if why and why[0] not in reason_rows[i]:
+            base = i * n_reasons
+            parts = [(pieces.get((r, "reason")) or piece(r, "reason")) + weights[base + j]
+                     + (why[1] if why and why[0] == r else b"") + b"}" for j, r in enumerate(r_rows) if r >= 0]
+            if why and why[0] not in r_rows:
                 # Not among the items most like the result by vector: a reason of its own, with no vector weight.
                 parts.append(piece(why[0], "reason") + b"0.0" + why[1] + b"}")
-            out.append(piece(row, "result") + _num(score) + b',"reasons":[' + b",".join(parts) + b"]}")
+            out.append((pieces.get((row, "result")) or piece(row, "result")) + scores[i] + b',"reasons":['
+                       + b",".join(parts) + b"]}")
         return out
 
     def _explain(self, bundle: LoadedBundle, catalog: Catalog, history: History, result_vecs: np.ndarray,
@@ -723,9 +728,11 @@ def _entity_reason(kg: ItemEntities, catalog: Catalog, platforms: list[str], his
     return hist_row, b"," + json.dumps(members, ensure_ascii=False, separators=(",", ":"))[1:-1].encode()
 
 
-def _num(x: float) -> bytes:
-    """A float as json.dumps writes it."""
-    return float.__repr__(x).encode() if math.isfinite(x) else json.dumps(x).encode()
+def _nums(x: np.ndarray) -> list[bytes]:
+    """Each number as json.dumps writes it (float repr; NaN and infinities as json.dumps spells them)."""
+    if x.size == 0:
+        return []
+    return json.dumps(x.ravel().tolist()).encode()[1:-1].split(b", ")
 
 
 def _take(entry: RankedEntry, exclude: frozenset[str], k: int) -> list[bytes] | None:
