@@ -36,7 +36,7 @@ from app.api import openapi
 from app.api.errors import ApiError, error_content
 from app.api.main import routers
 from app.api.middleware import BodyReadTimeout, BodySizeLimit, RequestContext, RequestMetrics
-from app.api.routes import docs
+from app.api.routes import docs, recommend
 from app.core.config import DEV_ID_SALT, Settings, get_settings
 from app.core.logs import configure_logging
 from app.services.errors import InputError
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # of the bundle being served
     for router in routers:
         app.include_router(router)
+    recommend.install_fast_path(app)  # /v1/recommend's valid requests without FastAPI's dependency solving
     app.mount(docs.ASSETS_PATH, docs.assets, name="docs-assets")
     openapi.install(app, lambda: state.bundle.platforms if state.bundle is not None else None)
 

@@ -60,10 +60,14 @@ class Server:
             env.pop(k, None)
         self.log_file = self.log_path.open("w")
         self.started = time.perf_counter()
+        # `python -m` puts its working directory first on sys.path: a checkout given as `pythonpath` (another
+        # commit's worktree, for an A/B of the code) must be the working directory too, or this checkout's
+        # `app` is what runs.
+        cwd = Path(pythonpath) if pythonpath and (Path(pythonpath) / "xrec" / "cli.py").is_file() else REPO
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xrec.cli", "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "info"],
-            cwd=REPO, env=env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            [sys.executable, "-m", "xrec.cli", "serve", "--bundle", str(Path(bundle).resolve()), "--host",
+             "127.0.0.1", "--port", str(self.port), "--log-level", "info"],
+            cwd=cwd, env=env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}"
         spy = None
         if profile_load is not None:  # where startup time goes (non-blocking sampling: it is not slowed)

@@ -69,16 +69,23 @@ ServedDep = Annotated[Served, Depends(get_served)]
 KEY_LOC: list[str | int] = ["header", "x-api-key"]
 
 
-def _check_key(settings: Settings, key: str | None) -> None:
+def key_is_valid(settings: Settings, key: str | None) -> bool:
+    """Whether `key` is one of XREC_API_KEYS."""
     if not key:
-        raise ApiError(status.HTTP_401_UNAUTHORIZED, "missing X-API-Key header", KEY_LOC,
-                       headers={"WWW-Authenticate": "APIKey"})
+        return False
     given = key.encode()
     # Compare against every key in constant time: no early exit that would time which key matched.
     ok = False
     for k in settings.api_keys:
         ok |= hmac.compare_digest(given, k.get_secret_value().encode())
-    if not ok:
+    return ok
+
+
+def _check_key(settings: Settings, key: str | None) -> None:
+    if not key:
+        raise ApiError(status.HTTP_401_UNAUTHORIZED, "missing X-API-Key header", KEY_LOC,
+                       headers={"WWW-Authenticate": "APIKey"})
+    if not key_is_valid(settings, key):
         raise ApiError(status.HTTP_403_FORBIDDEN, "invalid API key", KEY_LOC)
 
 
