@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # small matrix products (ALS candidate scores, explanations) then cost twice the CPU for the same time and take
     # the second core from the request threads (bench/cold_path.py: 7.3 ms CPU a request at 2, 3.9 at 1).
     blas_threads: int = 1
+    # Catalogs of up to this many rows get every row's response JSON pieces made at load (~2 s per 100k rows
+    # here); a larger one makes them on first use (a 1M catalog would spend seconds and ~200 MB on them).
+    prerender_max_rows: int = 200_000
     # Platforms with more items than this get an HNSW index; smaller ones an exact flat index.
     hnsw_threshold: int = 50_000
     hnsw_m: int = 32

@@ -463,12 +463,7 @@ class Recommender:
         platforms = bundle.platforms
 
         def piece(row: int, kind: str) -> bytes:
-            got = pieces.get((row, kind))
-            if got is None:
-                d = ({"item_id": catalog.item_ids[row], "title": catalog.titles[row]} if kind == "result" else
-                     {"item_id": catalog.item_ids[row], "platform": platforms[int(catalog.platform[row])]})
-                got = pieces[(row, kind)] = (json.dumps(d, ensure_ascii=False, separators=(",", ":"))[:-1]
-                                             + (',"score":' if kind == "result" else ',"weight":')).encode()
+            got = pieces[(row, kind)] = row_piece(catalog, platforms, row, kind)
             return got
 
         # Knowledge-graph reasons name other platforms' items: only for reads that may see every platform. Most
@@ -656,6 +651,32 @@ class Recommender:
                                          for row, sc in zip(r.rows.tolist(), r.scores.tolist(), strict=True)],
                                         not p.known or i not in ranked, variant)
         return degraded
+
+
+def row_piece(catalog: Catalog, platforms: Sequence[str], row: int, kind: str) -> bytes:
+    """A catalog row's JSON piece: "result" → b'{"item_id":…,"title":…,"score":', "reason" →
+    b'{"item_id":…,"platform":…,"weight":'."""
+    d = ({"item_id": catalog.item_ids[row], "title": catalog.titles[row]} if kind == "result" else
+         {"item_id": catalog.item_ids[row], "platform": platforms[int(catalog.platform[row])]})
+    return (json.dumps(d, ensure_ascii=False, separators=(",", ":"))[:-1]
+            + (',"score":' if kind == "result" else ',"weight":')).encode()
+
+
+def prerender_rows(bundle: LoadedBundle, max_rows: int) -> int:
+    """Every row's JSON pieces into `bundle.row_json` ahead of the first requests, for a catalog of at most
+    `max_rows` rows (a larger one makes them on first use); the number of rows rendered. A fresh process then
+    answers its first cold requests as fast as its later ones (they made a piece per new result: ~1/4 of the
+    reasons' and results' JSON on Food-Kitchen)."""
+    catalog = bundle.catalog
+    n = len(catalog.item_ids)
+    if n > max_rows:
+        return 0
+    pieces, platforms = bundle.row_json, bundle.platforms
+    for row in range(n):
+        for kind in ("result", "reason"):
+            if (row, kind) not in pieces:
+                pieces[(row, kind)] = row_piece(catalog, platforms, row, kind)
+    return n
 
 
 def _bought(catalog: Catalog, rules: Rules | None, profile: Profile, context: Sequence[tuple], now: float

@@ -31,7 +31,7 @@ from app.services.errors import NoBundle
 from app.services.event_log import CatalogChange, CatalogLog, EventLog, LoggedEvent, log_files, parse_events, read_lines
 from app.services.model_bundle import LoadedBundle, load_bundle
 from app.services.profiles import IngestOutcome, ProfileStore
-from app.services.recommender import Recommender
+from app.services.recommender import Recommender, prerender_rows
 from app.services.redis_store import Keys, RedisGuard, RedisUnavailable, make_client
 from app.services.variants import Served, Split, Variant
 from contract.bundle import BundleError
@@ -128,6 +128,7 @@ class ServiceState:
                 for spec in specs:
                     bundle = load_bundle(spec.bundle_dir, self.settings)
                     self.catalog.replay(bundle)
+                    prerender_rows(bundle, self.settings.prerender_max_rows)
                     bundles.append(bundle)
                 platforms = {tuple(b.platforms) for b in bundles}
                 if len(platforms) > 1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import threading
 import time
@@ -23,7 +24,7 @@ from app.services.batching import MicroBatcher
 from app.services.errors import Overloaded
 from app.services.model_bundle import load_bundle
 from app.services.ranking import History, Query, rank
-from app.services.recommender import Answer, Ask
+from app.services.recommender import Answer, Ask, prerender_rows, row_piece
 from app.services.retrieval import IndexParams, PlatformIndex
 from contract.bundle import BundleError, read_manifest, sha256_file, write_manifest
 from contract.indexes import write_indexes
@@ -708,3 +709,18 @@ def test_searches_use_the_configured_faiss_threads_in_any_thread() -> None:
     t.start()
     t.join()
     assert seen == [1]
+
+
+def test_a_small_catalogs_json_pieces_are_made_at_load_and_are_what_a_request_would_make(client: TestClient) -> None:
+    bundle = client.app.state.xrec.bundle
+    n = len(bundle.catalog.item_ids)
+    assert len(bundle.row_json) >= 2 * n  # every row, both kinds, before any request
+    for row in (0, n // 2, n - 1):
+        for kind in ("result", "reason"):
+            assert bundle.row_json[(row, kind)] == row_piece(bundle.catalog, bundle.platforms, row, kind)
+    body = json.loads(bundle.row_json[(0, "result")] + b"0.5}")
+    assert body == {"item_id": bundle.catalog.item_ids[0], "title": bundle.catalog.titles[0], "score": 0.5}
+    bundle.row_json.clear()
+    assert prerender_rows(bundle, n - 1) == 0 and not bundle.row_json  # too large: made on first use instead
+    recommend(client, person_id=person_id("alice"), platform="kitchen")
+    assert 0 < len(bundle.row_json) < 2 * n
