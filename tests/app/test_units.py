@@ -121,6 +121,29 @@ def test_platform_index_search_add_remove(kind: str) -> None:
     assert changed.size == 50 and idx.size == 50, "copy-on-write: the old index is unchanged"
 
 
+def test_a_flat_index_search_is_exact_ties_to_the_lower_row_and_the_same_alone_or_batched() -> None:
+    """`PlatformIndex._search_flat`: matrix products over blocks of queries, the offline evaluator's order
+    (score, then the lower row), and each query's answer independent of the queries searched with it."""
+    rng = np.random.default_rng(3)
+    vecs = np.round(_unit(6_000, 64, seed=3) * 4) / 4  # coarse values: many tied scores
+    rows = np.sort(rng.choice(20_000, 6_000, replace=False)).astype(np.int64)
+    idx = PlatformIndex.build(64, rows, vecs.astype(np.float32), IndexParams(hnsw_threshold=100_000))
+    assert idx.kind == "flat"
+    queries = _unit(13, 64, seed=4)
+    none = np.zeros(0, dtype=np.int64)
+    allowed = rng.random(20_000) < 0.5
+    for mask in (None, allowed):
+        batched = idx.search(queries, 40, [none] * 13, mask)
+        for q, got in zip(queries, batched, strict=True):
+            assert got.tolist() == idx.search(q[None], 40, [none], mask)[0].tolist()
+            s = vecs.astype(np.float32) @ q
+            ok = np.ones(len(rows), dtype=bool) if mask is None else mask[rows]
+            order = np.lexsort((rows[ok], -s[ok]))
+            assert set(got.tolist()) == set(rows[ok][order[:40]].tolist())  # (last bits of scores may differ)
+    ex = idx.search(queries[:1], 5, [none])[0][:3]
+    assert not set(idx.search(queries[:1], 5, [ex])[0].tolist()) & set(ex.tolist())
+
+
 def test_catalog_changes_are_copy_on_write() -> None:
     vecs = _unit(6)
     cat = Catalog.build([f"a:{i}" for i in range(3)] + [f"b:{i}" for i in range(3)],
