@@ -61,10 +61,11 @@ class PlatformIndex:
     """One platform's live items in FAISS, inner product, FAISS id = item row.
 
     Exact (IndexFlatIP) up to `hnsw_threshold` items, HNSW above, IVF (IndexIVFFlat) above `ivf_threshold`
-    (`contract.indexes`). Flat and HNSW are wrapped in IndexIDMap2, IVF keeps ids itself: items are added and
-    removed by row. HNSW cannot remove vectors, so removals there are tombstones filtered at search time; the
-    index is rebuilt when tombstones pass a quarter of it. IVF searches the nprobe chosen when it was built
-    (the bundle's manifest), or `params.ivf_nprobe` when the service sets one.
+    (`contract.indexes`). A flat index holds the vectors and is searched by matrix products over a copy of them
+    (`_search_flat`); HNSW and IVF are searched by FAISS. Flat and HNSW are wrapped in IndexIDMap2, IVF keeps
+    ids itself: items are added and removed by row. HNSW cannot remove vectors, so removals there are
+    tombstones filtered at search time; the index is rebuilt when tombstones pass a quarter of it. IVF searches
+    the nprobe chosen when it was built (the bundle's manifest), or `params.ivf_nprobe` when the service sets one.
     """
 
     def __init__(self, index: faiss.Index, kind: str, dim: int, tombstones: frozenset[int],
