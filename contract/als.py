@@ -17,13 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.top_rows import top_rows
-
-# ALS candidate scores are computed for queries in blocks of exactly this many (zero rows pad the last): OpenBLAS
-# gives a query's row the same bits in any 8-row block, whatever the other rows and its place, so a person gets
-# the same candidates alone, in any micro-batch of the service, and offline. A matrix product over 8 queries reads
-# the platform's factors once; one query at a time read them for each (27k × 64 floats: ~240 µs a query here).
-SCORE_BLOCK = 8
+from contract.top_rows import block_scores, top_rows
 
 
 @dataclass(frozen=True)
@@ -71,19 +65,11 @@ class AlsFactors:
 
     def platform_scores(self, users: np.ndarray, platform: int) -> np.ndarray:
         """float32 [len(users), rows of `platform`]: every query's ALS score of each of the platform's rows, in
-        blocks of SCORE_BLOCK queries (the same bits for a query whatever else is scored with it)."""
+        blocks (`contract.top_rows.block_scores`: the same bits for a query whatever else is scored with it)."""
         users = np.asarray(users, dtype=np.float32).reshape(-1, self.items.shape[1])
         if platform >= len(self.platform_rows):
             return np.zeros((len(users), 0), dtype=np.float32)
-        yt = self.platform_items_t[platform]
-        out = np.empty((len(users), yt.shape[1]), dtype=np.float32)
-        block = np.zeros((SCORE_BLOCK, yt.shape[0]), dtype=np.float32)
-        for start in range(0, len(users), SCORE_BLOCK):
-            m = min(SCORE_BLOCK, len(users) - start)
-            block[:m] = users[start:start + m]
-            block[m:] = 0.0
-            out[start:start + m] = (block @ yt)[:m]
-        return out
+        return block_scores(users, self.platform_items_t[platform])
 
     def candidates(self, user: np.ndarray, platform: int, n: int, exclude: np.ndarray,
                    live: np.ndarray | None = None, scores: np.ndarray | None = None) -> np.ndarray:

@@ -485,7 +485,7 @@ class Recommender:
                      + (why[1] if why and why[0] == r else b"") + b"}" for j, r in enumerate(r_rows) if r >= 0]
             if why and why[0] not in r_rows:
                 # Not among the items most like the result by vector: a reason of its own, with no vector weight.
-                parts.append(piece(why[0], "reason") + b"0.0" + why[1] + b"}")
+                parts.append((pieces.get((why[0], "reason")) or piece(why[0], "reason")) + b"0.0" + why[1] + b"}")
             out.append((pieces.get((row, "result")) or piece(row, "result")) + scores[i] + b',"reasons":['
                        + b",".join(parts) + b"]}")
         return out

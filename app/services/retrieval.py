@@ -32,7 +32,6 @@ from typing import Any
 import faiss
 import numpy as np
 
-from contract.als import SCORE_BLOCK
 from contract.indexes import (
     HNSW_EF_DEFAULT,
     IVF_RECALL_K,
@@ -42,7 +41,7 @@ from contract.indexes import (
     set_nprobe,
 )
 from contract.indexes import build as build_index
-from contract.top_rows import top_rows
+from contract.top_rows import block_scores, top_rows
 
 __all__ = ["AttributeColumn", "Catalog", "IndexParams", "PlatformIndex"]
 
@@ -53,8 +52,6 @@ Attributes = dict[str, Scalar]
 FILTER_EXACT_MAX = 20_000
 # A filtered index search first asks for this much more than (wanted / allowed share); then doubles.
 _OVERFETCH = 1.5
-# Queries a flat index scores together (`PlatformIndex._search_flat`), zero rows padding the last block.
-SEARCH_BLOCK = SCORE_BLOCK
 
 
 class PlatformIndex:
@@ -190,7 +187,6 @@ class PlatformIndex:
             todo, k = short, min(total, 2 * k)
         return out
 
-
     def _flat_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows ascending, their vectors transposed [dim, n], contiguous) of a flat index: what `_search_flat`
         multiplies. A copy (7 MB for 27k items of 64 floats); the index is never changed in place."""
@@ -205,22 +201,15 @@ class PlatformIndex:
 
     def _search_flat(self, user_vecs: np.ndarray, n: int, exclude: Sequence[np.ndarray],
                      allowed: np.ndarray | None) -> list[np.ndarray]:
-        """Exact search of a flat index by matrix products over blocks of SEARCH_BLOCK queries, then
-        `top_rows` (ties to the lower row, as the offline evaluator's exact search): one pass over the
+        """Exact search of a flat index by matrix products over blocks of queries (`contract.top_rows.block_scores`),
+        then `top_rows` (ties to the lower row, as the offline evaluator's exact search): one pass over the
         platform's vectors a block, where FAISS's flat search makes one a query below 20 queries (the pass is
-        memory-bound: ~0.5–1 ms a query for 27k items here). A query's scores are the same bits in any block
-        (as `contract.als.SCORE_BLOCK`), so its answer does not depend on the micro-batch it came in."""
+        memory-bound: ~0.5–1 ms a query for 27k items here). A query's scores are the same bits in any block, so
+        its answer does not depend on the micro-batch it came in."""
         rows, yt = self._flat_arrays()
-        out: list[np.ndarray] = []
-        block = np.zeros((SEARCH_BLOCK, self.dim), dtype=np.float32)
-        for start in range(0, len(user_vecs), SEARCH_BLOCK):
-            m = min(SEARCH_BLOCK, len(user_vecs) - start)
-            block[:m] = user_vecs[start:start + m]
-            block[m:] = 0.0
-            scores = block @ yt
-            out.extend(top_rows(rows, scores[j], n, np.asarray(exclude[start + j], dtype=np.int64), allowed)
-                       for j in range(m))
-        return out
+        scores = block_scores(user_vecs, yt)
+        return [top_rows(rows, scores[i], n, np.asarray(exclude[i], dtype=np.int64), allowed)
+                for i in range(len(scores))]
 
 
 class AttributeColumn:

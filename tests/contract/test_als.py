@@ -148,9 +148,9 @@ def test_a_bundle_with_the_als_feature_must_name_its_file() -> None:
 
 
 def test_a_persons_candidate_scores_do_not_depend_on_who_is_scored_with_them() -> None:
-    """`platform_scores` runs queries in blocks of SCORE_BLOCK: a person gets the same bits alone, in any
-    micro-batch of the service and in the evaluator's batches, so the same ALS candidates (a real table's size:
-    the matrix product takes another kernel than for a tiny one)."""
+    """`platform_scores` runs queries in blocks (`contract.top_rows.block_scores`): a person gets the same bits
+    alone, in any micro-batch of the service and in the evaluator's batches, so the same ALS candidates (a real
+    table's size: the matrix product takes another kernel than for a tiny one)."""
     rng = np.random.default_rng(0)
     n_items, k = 6_000, 64
     platform = (rng.random(n_items) < 0.7).astype(np.int64)
