@@ -20,7 +20,7 @@ def test_replicas_share_invalidations_and_catalog_changes(settings: Settings, tm
         ev = {"event_id": "r-1", "platform": "kitchen", "account_id": PEOPLE["bob"]["kitchen"],
               "item_id": "kitchen:k0008", "ts": 1_760_000_000}
         assert a.post("/v1/events", json={"events": [ev]}, headers=AUTH).json()["accepted"] == 1
-        key = (b.app.state.xrec.bundle.model_version, person_id("bob"), 1, True)
+        key = (b.app.state.xrec.bundle.model_version, person_id("bob"), 1, True, True)  # Recommender.key
         assert wait_for(lambda: b.app.state.xrec.ranked.get(key, b.app.state.xrec.bundle.catalog.version) is None)
         after = b.post("/v1/recommend", json=body).json()
         assert after["cache"] == "miss"
