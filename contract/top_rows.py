@@ -11,23 +11,24 @@ import numpy as np
 # a comparison pass instead of a selection over every row (27k kitchen items, n = 50: ~60 µs instead of ~200).
 _SAMPLE_FROM = 4096
 _SAMPLE_SIZE = 1024
-# Queries are scored against a catalog in blocks of exactly this many (`block_scores`; zero rows pad the last):
-# OpenBLAS gives a query's row the same bits in any 8-row block, whatever the other rows and its place, so a
-# query gets the same scores alone, in any micro-batch of the service, and offline. A block reads the catalog
-# once; one query at a time read it for each (27k × 64 floats, memory-bound: ~240 µs a query here).
+# Queries are scored against a catalog in blocks of at most SCORE_BLOCK and at least MIN_BLOCK rows (`block_scores`;
+# zero rows pad a lone query): OpenBLAS gives a query's row the same bits in any block of 2 to 8 rows, whatever the
+# other rows and its place, but not alone (one row takes the matrix-vector kernel). So a query gets the same
+# scores alone, in any micro-batch of the service, and offline. A block reads the catalog once; one query at a
+# time read it for each (27k × 64 floats, memory-bound: ~240 µs a query here). A lone query pads to 2 rows, not 8.
 SCORE_BLOCK = 8
+MIN_BLOCK = 2
 
 
 def block_scores(queries: np.ndarray, matrix_t: np.ndarray) -> np.ndarray:
-    """float32 [len(queries), n]: `queries` [B, k] times `matrix_t` [k, n] (contiguous), SCORE_BLOCK queries a
+    """float32 [len(queries), n]: `queries` [B, k] times `matrix_t` [k, n] (contiguous), 2 to SCORE_BLOCK queries a
     product: a query's row has the same bits whatever else is scored with it."""
     queries = np.asarray(queries, dtype=np.float32).reshape(-1, matrix_t.shape[0])
     out = np.empty((len(queries), matrix_t.shape[1]), dtype=np.float32)
-    block = np.zeros((SCORE_BLOCK, matrix_t.shape[0]), dtype=np.float32)
     for start in range(0, len(queries), SCORE_BLOCK):
         m = min(SCORE_BLOCK, len(queries) - start)
+        block = np.zeros((max(m, MIN_BLOCK), matrix_t.shape[0]), dtype=np.float32)
         block[:m] = queries[start:start + m]
-        block[m:] = 0.0
         out[start:start + m] = (block @ matrix_t)[:m]
     return out
 

@@ -274,7 +274,7 @@ def local_train(client: Client, steps: int, progress: tuple[float, float], mu: f
     anchor = {k: v.detach().clone() for k, v in named.items() if k not in LOCAL_ROWS} if mu > 0 else {}
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    per_pass = len(chunk_by_tokens(w.length, cfg.batch_tokens, np.random.default_rng(0))) if len(w.start) else 0
+    per_pass = len(chunk_by_tokens(w.lengths(), cfg.batch_tokens, np.random.default_rng(0))) if len(w.start) else 0
     steps = steps or per_pass
     if per_pass == 0 or steps == 0:
         return {"loss": 0.0, "steps": 0}

@@ -157,7 +157,7 @@ def test_a_persons_candidate_scores_do_not_depend_on_who_is_scored_with_them() -
     als = AlsFactors.of(rng.standard_normal((n_items, k)).astype(np.float32) * 0.1, 10.0, 0.05, platform)
     users = rng.standard_normal((40, k)).astype(np.float32)
     alone = [als.platform_scores(users[i:i + 1], 1)[0] for i in range(40)]
-    for batch in (2, 5, 8, 13, 40):
+    for batch in (2, 3, 5, 8, 9, 13, 40):  # blocks of every size from 2 to 8, and a lone query padded to 2
         for start in (0, 7):
             got = als.platform_scores(users[start:start + batch], 1)
             assert all(np.array_equal(got[j], alone[start + j]) for j in range(len(got))), (batch, start)

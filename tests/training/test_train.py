@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from contract.features import time_buckets
 from training.evaluate import make_queries
 from training.model import ModelConfig
 from training.sequences import load_dataset
@@ -58,6 +59,54 @@ def test_held_out_scorer_events_are_never_two_tower_targets(demo_ds):
     for s, n in zip(w.start, w.length, strict=True):
         targets[s + 1:s + n] |= is_target[s + 1:s + n]
     assert not targets[held].any()
+
+
+def test_transfer_windows_predict_each_platform_from_the_other_platforms_only(demo_ds):
+    ds = load_dataset(demo_ds)
+    tl = ds.timelines
+    is_target = np.ones(len(tl.items), dtype=bool)
+    is_target[holdout_last_events(tl)] = False
+    w = make_windows(tl, 4, is_target, transfer=True)
+    assert len(w.transfer_inputs) > 0 and len(make_windows(tl, 4, is_target).transfer_inputs) == 0
+    person = np.repeat(np.arange(len(tl)), np.diff(tl.offsets))
+    predicted = []
+    for inp, tgt, buck, p in zip(w.transfer_inputs, w.transfer_targets, w.transfer_buckets, w.transfer_platform,
+                                 strict=True):
+        assert 0 < len(inp) <= 4 and tgt[-1] >= 0  # a window ends at its last target
+        assert (tl.platforms[inp] != p).all() and (person[inp] == person[inp[0]]).all()
+        hit = tgt >= 0
+        assert (tl.platforms[tgt[hit]] == p).all() and is_target[tgt[hit]].all()
+        assert (tgt[hit] > inp[hit]).all()  # the slot comes before the event it predicts ...
+        # ... and it is the newest other-platform event before it: nothing of theirs elsewhere in between
+        other = np.flatnonzero((person == person[inp[0]]) & (tl.platforms != p))
+        # time gaps as the service computes them for this history: between the other-platform events themselves
+        assert np.array_equal(buck, time_buckets(tl.ts[other])[np.searchsorted(other, inp)])
+        for slot, t in zip(inp[hit], tgt[hit], strict=True):
+            assert not ((other > slot) & (other < t)).any()
+        predicted += tgt[hit].tolist()
+    assert len(predicted) == len(set(predicted))
+    # Brute force: after each other-platform event, the first target event on P, unless another platform's event
+    # comes between (then that later event is the slot that predicts it).
+    expected = []
+    for q in range(len(tl)):
+        s = tl.span(q)
+        plats, idx = tl.platforms[s], np.arange(s.start, s.stop)
+        for p in np.unique(plats) if len(np.unique(plats)) > 1 else ():
+            for o in np.flatnonzero(plats != p):
+                for j in range(o + 1, len(idx)):
+                    if plats[j] != p:
+                        break
+                    if is_target[idx[j]]:
+                        expected.append(int(idx[j]))
+                        break
+    assert sorted(predicted) == sorted(expected)
+    # The batches carry them beside the consecutive windows' targets; every target slot has history.
+    seen = 0
+    for b in batches(tl, w, 64, np.random.default_rng(0)):
+        assert b.hist_mask[b.target_mask].all()
+        seen += int(b.target_mask.sum())
+    consecutive = sum(int(is_target[s + 1:s + n].sum()) for s, n in zip(w.start, w.length, strict=True))
+    assert seen == consecutive + len(expected)
 
 
 def test_target_only_splits_history_per_platform(demo_ds):
