@@ -686,8 +686,8 @@ def train(cfg: TrainConfig, console: Console | None = None,
     windows = make_windows(train_tl, model_cfg.max_history, is_target,
                            transfer=cfg.transfer_windows and cfg.history == "all")
     n_transfer = sum(int((t >= 0).sum()) for t in windows.transfer_targets)
-    console.print(f"{len(windows.start):,} windows, {int(is_target.sum()) - len(train_tl):,} targets "
-                  f"(+ {len(windows.transfer_inputs):,} transfer windows, {n_transfer:,} targets), "
+    transfer = f" (+ {len(windows.transfer_inputs):,} transfer windows, {n_transfer:,} targets)" if n_transfer else ""
+    console.print(f"{len(windows.start):,} windows, {int(is_target.sum()) - len(train_tl):,} targets{transfer}, "
                   f"{len(held):,} held out for the scorer; mode {model_cfg.mode}, history {cfg.history}")
     scorer_q = scorer_queries(tl, held, cfg.history) if len(held) else []
     order = np.random.default_rng(cfg.seed).permutation(len(scorer_q))
