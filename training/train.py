@@ -104,7 +104,7 @@ class TrainConfig(BaseModel):
     # + transfer windows: each multi-platform person's other-platform events predicting their events on one
     # platform, as the service asks for someone new to it (`training.windows`). Off by default: on Food-Kitchen
     # they left retrieval's new-to-platform valid NDCG@10 where it was (0.0682 → 0.0679), and on the sparse variant
-    # they lowered retrieval on test on every seed (docs/results.md, twelfth session)
+    # they lowered retrieval on test on every seed, and both-platform was lower on valid and test (docs/results.md)
     transfer_windows: bool = False
     holdout_for_scorer: bool = True
     max_steps: int = 0  # >0: stop after this many steps (tests, smoke runs)
