@@ -69,7 +69,8 @@ def _add_transfer_windows(w: Windows, tl: Timelines, max_history: int) -> None:
     for p in range(len(tl)):
         lo, hi = int(tl.offsets[p]), int(tl.offsets[p + 1])
         on = tl.platforms[lo:hi]
-        for target_p in np.unique(on) if len(np.unique(on)) > 1 else ():
+        used = np.unique(on)
+        for target_p in used if len(used) > 1 else ():
             other = lo + np.flatnonzero(on != target_p)
             wanted = lo + np.flatnonzero((on == target_p) & w.is_target[lo:hi])
             # The slot just before each wanted event predicts it (the first of a run of P events, when several
@@ -134,26 +135,22 @@ def batches(tl: Timelines, w: Windows, tokens: int, rng: np.random.Generator):
         tplat = np.zeros((b, n_in), dtype=np.int64)
         tmask = np.zeros((b, n_in), dtype=bool)
         for r, k in enumerate(chunk):
-            if k >= n_consecutive:
+            if k < n_consecutive:  # events s..s+m-1 in, s+1..s+m predicted
+                s, m = int(w.start[k]), int(w.length[k]) - 1
+                inp, tgt = slice(s, s + m), slice(s + 1, s + m + 1)
+                bk, t_items, t_plat, t_ok = w.buckets[inp], tl.items[tgt], tl.platforms[tgt], w.is_target[tgt]
+            else:  # a transfer window: some slots predict an event on its platform
                 t = k - n_consecutive
-                inp, tgt = w.transfer_inputs[t], w.transfer_targets[t]
+                inp, bk, tgt = w.transfer_inputs[t], w.transfer_buckets[t], w.transfer_targets[t]
+                t_ok = tgt >= 0
+                t_items = np.where(t_ok, tl.items[np.maximum(tgt, 0)], 0)  # item row 0 where none, as padding
+                t_plat = w.transfer_platform[t]
                 m = len(inp)
-                hist[r, -m:] = tl.items[inp]
-                plat[r, -m:] = tl.platforms[inp] + 1
-                buck[r, -m:] = w.transfer_buckets[t]
-                mask[r, -m:] = True
-                trow[r, -m:] = np.where(tgt >= 0, tl.items[np.maximum(tgt, 0)], 0)
-                tplat[r, -m:] = w.transfer_platform[t]
-                tmask[r, -m:] = tgt >= 0
-                continue
-            s, m = int(w.start[k]), int(w.length[k]) - 1
-            inp = slice(s, s + m)
-            tgt = slice(s + 1, s + m + 1)
             hist[r, -m:] = tl.items[inp]
             plat[r, -m:] = tl.platforms[inp] + 1
-            buck[r, -m:] = w.buckets[inp]
+            buck[r, -m:] = bk
             mask[r, -m:] = True
-            trow[r, -m:] = tl.items[tgt]
-            tplat[r, -m:] = tl.platforms[tgt]
-            tmask[r, -m:] = w.is_target[tgt]
+            trow[r, -m:] = t_items
+            tplat[r, -m:] = t_plat
+            tmask[r, -m:] = t_ok
         yield Batch(*(torch.from_numpy(a) for a in (hist, plat, buck, mask, trow, tplat, tmask)))
