@@ -462,8 +462,10 @@ class Recommender:
         pieces = bundle.row_json
         platforms = bundle.platforms
 
-        def piece(row: int, kind: str) -> bytes:
-            got = pieces[(row, kind)] = row_piece(catalog, platforms, row, kind)
+        def piece(row: int, kind: str) -> bytes:  # made at load for most catalogs; else made once, kept
+            got = pieces.get((row, kind))
+            if got is None:
+                got = pieces[(row, kind)] = row_piece(catalog, platforms, row, kind)
             return got
 
         # Knowledge-graph reasons name other platforms' items: only for reads that may see every platform. Most
@@ -481,12 +483,12 @@ class Recommender:
         for i, (row, r_rows) in enumerate(zip(ranked.rows.tolist(), reason_rows.tolist(), strict=True)):
             why = entity[i]
             base = i * n_reasons
-            parts = [(pieces.get((r, "reason")) or piece(r, "reason")) + weights[base + j]
+            parts = [piece(r, "reason") + weights[base + j]
                      + (why[1] if why and why[0] == r else b"") + b"}" for j, r in enumerate(r_rows) if r >= 0]
             if why and why[0] not in r_rows:
                 # Not among the items most like the result by vector: a reason of its own, with no vector weight.
-                parts.append((pieces.get((why[0], "reason")) or piece(why[0], "reason")) + b"0.0" + why[1] + b"}")
-            out.append((pieces.get((row, "result")) or piece(row, "result")) + scores[i] + b',"reasons":['
+                parts.append(piece(why[0], "reason") + b"0.0" + why[1] + b"}")
+            out.append(piece(row, "result") + scores[i] + b',"reasons":['
                        + b",".join(parts) + b"]}")
         return out
 
